@@ -1,0 +1,189 @@
+"""Run directories: ``config.json`` + ``model.safetensors`` (+ metrics and pictures).
+
+Weights are stored with safetensors and configs as JSON, so loading a run never unpickles
+anything. Every file is written atomically (temporary file in the same folder, flush, fsync,
+rename), so a crash leaves either the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .config import FORMAT, Config
+from .errors import CheckpointError, RunDirError
+from .model import VAE
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.csv"
+
+# mkstemp creates files readable by the owner only; written files get the usual umask instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(vae: VAE, run_dir: str | os.PathLike) -> None:
+    """Write ``config.json`` and ``model.safetensors`` of ``vae`` into ``run_dir``.
+
+    Raises
+    ------
+    CheckpointError
+        If ``vae`` was not built from a :class:`Config` (``vae.config`` is None).
+    """
+    if vae.config is None:
+        raise CheckpointError("this VAE has no config; build it with VAE.from_config to save it")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(vae.config.to_dict(), indent=2) + "\n"
+    atomic_write_bytes(run_dir / CONFIG_FILE, text.encode())
+    state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    atomic_write_bytes(run_dir / WEIGHTS_FILE, save_safetensors(state, metadata={"format": FORMAT}))
+
+
+def read_config(run_dir: str | os.PathLike) -> Config:
+    """The :class:`Config` stored in ``run_dir/config.json``.
+
+    Raises
+    ------
+    RunDirError
+        If ``run_dir`` is not a directory or has no ``config.json``.
+    CheckpointError
+        If ``config.json`` is not valid JSON or not a compatible pyro_vae config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; give the --out of a 'fit' run")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir} has no {CONFIG_FILE}, so it is not a pyro_vae run directory; "
+            "give the --out folder of a finished 'pyro-vae fit'"
+        )
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged") from None
+    return Config.from_dict(payload)
+
+
+def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+    """Rebuild the trained VAE saved in ``run_dir``, in evaluation mode on ``device``.
+
+    Raises
+    ------
+    RunDirError
+        If ``run_dir`` is missing or not a pyro_vae run directory.
+    CheckpointError
+        If ``config.json`` is incompatible, or ``model.safetensors`` is missing, truncated,
+        corrupted, or does not match the config.
+    """
+    config = read_config(run_dir)
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing; the run did not finish an epoch, train it again"
+        )
+    try:
+        state = load_safetensors(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); "
+            "retrain or restore the file"
+        ) from None
+    vae = VAE.from_config(config)
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise CheckpointError(
+            f"{path} does not match {CONFIG_FILE} (different tensors or shapes); "
+            "keep the two files of one run together"
+        ) from None
+    return vae.to(device).eval()
+
+
+def check_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Check, without touching the disk, that ``run_dir`` may receive a new run.
+
+    A missing or empty folder is always fine. A non-empty one is refused unless ``overwrite``
+    is set *and* it holds a pyro_vae run (``config.json``): a folder of other files is never
+    deleted.
+
+    Raises
+    ------
+    RunDirError
+        If the folder is non-empty without ``overwrite``, foreign, a file, or not writable.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; give a folder path")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"--out {run_dir} is not empty; choose a new folder or add --overwrite"
+            )
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunDirError(
+                f"--out {run_dir} holds files that are not a pyro_vae run, which --overwrite "
+                "never deletes; choose a new or empty folder"
+            )
+    parent = run_dir if run_dir.is_dir() else _existing_parent(run_dir)
+    if not os.access(parent, os.W_OK):
+        raise RunDirError(f"--out {run_dir}: {parent} is not writable; pick another folder")
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """:func:`check_run_dir`, then create ``run_dir`` (clearing the old run with ``overwrite``)."""
+    check_run_dir(run_dir, overwrite)
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create --out {run_dir} ({err.strerror}); pick another folder"
+        ) from None
+    return run_dir
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
+    """Write ``rows`` (one dict per epoch) to ``run_dir/metrics.csv`` atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(run_dir) / METRICS_FILE, buffer.getvalue().encode())

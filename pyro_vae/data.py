@@ -1,0 +1,342 @@
+"""Datasets held in memory as one tensor.
+
+Named image datasets (Fashion-MNIST, MNIST, KMNIST) come through torchvision; a user's own data
+come as ``.npy`` (one array) or ``.npz`` (``x_train`` and optional ``x_test``, Keras's
+``mnist.npz`` convention), shaped (N, H, W) or (N, D), as uint8 grey levels 0–255 or floats.
+Everything is flattened to (N, D) float32; uint8 is mapped to [0, 1] by dividing by 255.
+Minibatches are slices of that tensor on the training device: no per-image Python transforms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import DataError
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+DEBIAN_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+#: torchvision's download root when ``--data-dir`` is not given.
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro_vae"
+#: Fixed seed for binarising held-out data, so every run is scored on the same binary images.
+TEST_BINARIZE_SEED = 0
+#: Seed of the 10% hold-out split, fixed so the test set does not depend on ``--seed``.
+HOLDOUT_SEED = 0
+HOLDOUT_FRACTION = 0.1
+
+_TORCHVISION_CLASS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
+NAMED_DATASETS = tuple(_TORCHVISION_CLASS)
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass
+class Data:
+    """A train/test split in memory.
+
+    Attributes
+    ----------
+    train, test : Tensor
+        (N, D) and (M, D) float32 on the CPU, grey levels in [0, 1] for image data.
+    data_shape : tuple of int
+        Shape of one data point before flattening, (28, 28) for MNIST-like images.
+    train_labels, test_labels : Tensor or None
+        (N,) and (M,) int64 class labels when the dataset has them.
+    source : str
+        Where the data came from, for messages.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    data_shape: tuple[int, ...]
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    source: str = ""
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 2
+
+
+def load_data(config: Config) -> Data:
+    """Load, validate and split the data that ``config`` names.
+
+    Returns
+    -------
+    Data
+        Training images (the first ``config.limit`` if set) and test images.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable files, unknown dataset names, wrong shapes or dtypes, NaN or
+        infinite values, values outside the likelihood's support, or fewer training images
+        than one batch.
+    """
+    name = config.dataset
+    if name in NAMED_DATASETS:
+        data = _load_named(name, config.data_dir)
+    elif name.endswith((".npy", ".npz")) or os.path.exists(name):
+        data = _load_file(name)
+    else:
+        raise DataError(
+            f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} "
+            "or the path of a .npy/.npz file"
+        )
+    if config.test_dataset is not None:
+        test, test_labels, test_shape = _read_test_file(config.test_dataset)
+        if test_shape != data.data_shape:
+            raise DataError(
+                f"{config.test_dataset} holds data of shape {test_shape} but the training data "
+                f"have shape {data.data_shape}; give a test file matching the training data"
+            )
+        data.test, data.test_labels = test, test_labels
+    if config.limit is not None:
+        data.train = data.train[: config.limit]
+        if data.train_labels is not None:
+            data.train_labels = data.train_labels[: config.limit]
+    check_data(data, config)
+    return data
+
+
+def check_data(data: Data, config: Config) -> None:
+    """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
+    from .likelihoods import LIKELIHOODS
+
+    for what, x in (("training data", data.train), ("test data", data.test)):
+        if x.shape[0] == 0:
+            raise DataError(f"the {what} from {data.source} are empty; give at least one image")
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(
+                f"the {what} from {data.source} contain NaN or infinite values; "
+                "remove or impute them first"
+            )
+        LIKELIHOODS[config.likelihood]().check_support(
+            x, f"the {what} from {data.source}", config.binarize
+        )
+    if data.train.shape[0] < config.batch_size:
+        raise DataError(
+            f"only {data.train.shape[0]} training images but --batch-size is "
+            f"{config.batch_size}; lower --batch-size or give more data"
+        )
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Bernoulli draw per grey level: (N, D) probabilities → (N, D) of 0.0/1.0.
+
+    This is the dynamic binarisation of Salakhutdinov & Murray (2008) when redrawn every epoch.
+    """
+    return torch.bernoulli(x, generator=generator)
+
+
+def binarize_fixed(x: torch.Tensor) -> torch.Tensor:
+    """Binarise once with :data:`TEST_BINARIZE_SEED`, identically in every run, on the CPU."""
+    generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+    return binarize(x.cpu(), generator).to(x.device)
+
+
+def _load_named(name: str, data_dir: str | None) -> Data:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TORCHVISION_CLASS[name])
+    download_root = Path(data_dir) if data_dir else DEFAULT_CACHE
+    tried: list[str] = []
+    candidates = [Path(data_dir)] if data_dir else []
+    if name in DEBIAN_DIRS:
+        candidates.append(DEBIAN_DIRS[name])
+    root = None
+    for folder in candidates:
+        tried.append(str(folder))
+        root = _torchvision_root(cls, folder, download_root)
+        if root is not None:
+            break
+    if root is None:
+        tried.append(str(DEFAULT_CACHE))
+        if _has_raw(cls, DEFAULT_CACHE):
+            root = DEFAULT_CACHE
+    if root is None:
+        try:
+            cls(str(download_root), train=True, download=True)
+            root = download_root
+        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError …
+            hint = (
+                "apt-get install dataset-fashion-mnist (Debian), or "
+                if name == "fashion-mnist"
+                else ""
+            )
+            raise DataError(
+                f"{name} not found in {', '.join(tried)} and the download failed "
+                f"({type(err).__name__}); get it with {hint}an online run that downloads it "
+                f"into --data-dir (or {DEFAULT_CACHE})"
+            ) from None
+    train = cls(str(root), train=True, download=False)
+    test = cls(str(root), train=False, download=False)
+    return Data(
+        train=_to_float(train.data.numpy()),
+        test=_to_float(test.data.numpy()),
+        data_shape=tuple(train.data.shape[1:]),
+        train_labels=train.targets.clone(),
+        test_labels=test.targets.clone(),
+        source=f"{name} ({root})",
+    )
+
+
+def _has_raw(cls, root: Path) -> bool:
+    raw = root / cls.__name__ / "raw"
+    return all((raw / f).is_file() for f in _IDX_FILES)
+
+
+def _torchvision_root(cls, folder: Path, extract_to: Path) -> Path | None:
+    """A torchvision root holding ``folder``'s IDX files, extracting ``.gz`` files if needed."""
+    from torchvision.datasets.utils import extract_archive
+
+    if _has_raw(cls, folder):
+        return folder
+    for base in (folder, folder / cls.__name__ / "raw"):
+        if all((base / f).is_file() for f in _IDX_FILES):
+            return _copy_raw(cls, base, extract_to)
+        if all((base / f"{f}.gz").is_file() for f in _IDX_FILES):
+            raw = extract_to / cls.__name__ / "raw"
+            try:
+                raw.mkdir(parents=True, exist_ok=True)
+                for f in _IDX_FILES:
+                    if not (raw / f).is_file():
+                        extract_archive(str(base / f"{f}.gz"), str(raw))
+            except OSError as err:
+                raise DataError(
+                    f"cannot unpack {base} into {raw} ({err.strerror}); "
+                    "give a writable --data-dir"
+                ) from None
+            return extract_to
+    return None
+
+
+def _copy_raw(cls, base: Path, root: Path) -> Path:
+    """Flat, uncompressed IDX files: link them into a torchvision layout under ``root``."""
+    raw = root / cls.__name__ / "raw"
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in _IDX_FILES:
+            if not (raw / f).exists():
+                os.symlink((base / f).resolve(), raw / f)
+    except OSError as err:
+        raise DataError(
+            f"cannot prepare {raw} ({err.strerror}); give a writable --data-dir"
+        ) from None
+    return root
+
+
+def _load_file(path: str) -> Data:
+    arrays = _read_arrays(path)
+    if "x_train" not in arrays:
+        raise DataError(f"{path} has no array x_train; save the training images as x_train")
+    x, shape = _check_array(arrays["x_train"], f"{path} (x_train)")
+    labels = _check_labels(arrays.get("y_train"), x.shape[0], path)
+    if "x_test" in arrays:
+        test, test_shape = _check_array(arrays["x_test"], f"{path} (x_test)")
+        if test_shape != shape:
+            raise DataError(
+                f"{path}: x_test has data shape {test_shape} but x_train has {shape}; "
+                "make them match"
+            )
+        test_labels = _check_labels(arrays.get("y_test"), test.shape[0], path)
+        return Data(x, test, shape, labels, test_labels, source=path)
+    if x.shape[0] < 2:
+        raise DataError(f"{path} holds {x.shape[0]} data point; give at least two")
+    # A seeded 10% hold-out that does not depend on --seed, so runs share one test set.
+    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
+    perm = torch.randperm(x.shape[0], generator=generator)
+    n_test = max(1, math.ceil(HOLDOUT_FRACTION * x.shape[0]))
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    pick = (lambda t, i: t[i] if t is not None else None)
+    return Data(
+        x[train_idx], x[test_idx], shape, pick(labels, train_idx), pick(labels, test_idx), path
+    )
+
+
+def _read_test_file(path: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+    """A separate test file: a .npy array, or a .npz's ``x_test`` (else its ``x_train``)."""
+    arrays = _read_arrays(path)
+    key = "x_test" if "x_test" in arrays else "x_train"
+    x, shape = _check_array(arrays[key], f"{path} ({key})")
+    return x, _check_labels(arrays.get("y" + key[1:]), x.shape[0], path), shape
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a .npy (as ``x_train``) or .npz file, read without unpickling."""
+    if not os.path.exists(path):
+        raise DataError(f"data file {path} does not exist; check the path")
+    if not path.endswith((".npy", ".npz")):
+        raise DataError(f"{path} is neither .npy nor .npz; save the array with numpy.save")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"x_train": loaded}
+        with loaded:
+            arrays = {k: loaded[k] for k in loaded.files if k in _NPZ_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot read {path} ({reason}); check the file") from None
+    if "x_train" not in arrays and "x_test" not in arrays:
+        raise DataError(
+            f"{path} has no array x_train or x_test; save the images as x_train (and x_test)"
+        )
+    return arrays
+
+
+_NPZ_KEYS = ("x_train", "x_test", "y_train", "y_test")
+
+
+def _check_labels(labels: np.ndarray | None, n: int, path: str) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"{path}: labels must be integers of shape ({n},), got {labels.dtype} "
+            f"{labels.shape}; fix or drop y_train/y_test"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _check_array(x: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(N, H, W) or (N, D) uint8/float array → ((N, D) float32 tensor, data shape)."""
+    if x.ndim not in (2, 3):
+        raise DataError(
+            f"{what} has shape {x.shape}; expected (N, H, W) images or (N, D) vectors"
+        )
+    if 0 in x.shape:
+        raise DataError(f"{what} is empty (shape {x.shape}); give at least one data point")
+    if x.dtype.kind in "iu" and x.dtype != np.uint8:
+        if x.min() < 0 or x.max() > 255:
+            raise DataError(f"{what} holds integers outside 0-255; give uint8 grey levels")
+        x = x.astype(np.uint8)
+    elif x.dtype.kind == "b":
+        x = x.astype(np.uint8) * 255
+    elif x.dtype.kind not in "uf":
+        raise DataError(f"{what} holds {x.dtype} values; give uint8 grey levels 0-255 or floats")
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise DataError(f"{what} contains NaN or infinite values; remove or impute them")
+        if np.abs(x).max() > np.finfo(np.float32).max:
+            raise DataError(f"{what} holds values beyond float32 range; rescale the data")
+    return _to_float(x), tuple(int(s) for s in x.shape[1:])
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    """(N, …) uint8 or float array → (N, D) float32 tensor; uint8 is divided by 255."""
+    flat = x.reshape(x.shape[0], -1)
+    if flat.dtype == np.uint8:
+        return torch.from_numpy(flat.astype(np.float32) / 255.0)
+    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))

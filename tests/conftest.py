@@ -1,0 +1,72 @@
+"""Shared fixtures: a real Fashion-MNIST subset, in memory and as a user's .npz file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from pyro_vae import Config, Data, VAE
+from pyro_vae.data import DEBIAN_DIRS, load_data
+
+N_TRAIN, N_TEST = 2000, 500
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Data:
+    """The full Fashion-MNIST split, loaded the way `pyro-vae fit` loads it."""
+    if not DEBIAN_DIRS["fashion-mnist"].is_dir():
+        pytest.fail(
+            "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (.ci/run does this)"
+        )
+    return load_data(Config())
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fashion_mnist: Data) -> Data:
+    """The first 2000 training and 500 test images of Fashion-MNIST, grey levels in [0, 1]."""
+    d = fashion_mnist
+    return Data(
+        d.train[:N_TRAIN].clone(),
+        d.test[:N_TEST].clone(),
+        d.data_shape,
+        d.train_labels[:N_TRAIN].clone(),
+        d.test_labels[:N_TEST].clone(),
+        source="fashion-mnist subset",
+    )
+
+
+@pytest.fixture(scope="session")
+def fmnist_npz(fmnist_small: Data, tmp_path_factory) -> Path:
+    """The subset saved as a user would: uint8 (N, 28, 28) x_train/x_test with labels."""
+    path = tmp_path_factory.mktemp("npz") / "fmnist_small.npz"
+    as_uint8 = lambda x: (x * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()  # noqa: E731
+    np.savez(
+        path,
+        x_train=as_uint8(fmnist_small.train),
+        x_test=as_uint8(fmnist_small.test),
+        y_train=fmnist_small.train_labels.numpy(),
+        y_test=fmnist_small.test_labels.numpy(),
+    )
+    return path
+
+
+@pytest.fixture
+def small_vae() -> VAE:
+    pyro.set_rng_seed(0)
+    return VAE.from_config(Config(z_dim=4, hidden=(32,), data_shape=(28, 28)))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Path → content hash of every file under ``folder``: compare before and after a command."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

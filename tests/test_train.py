@@ -1,0 +1,68 @@
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from pyro_vae import VAE, Config, fit
+from pyro_vae.data import binarize, binarize_fixed
+from pyro_vae.train import neg_elbo
+
+
+def test_svi_moves_every_parameter_on_real_data(fmnist_small):
+    pyro.set_rng_seed(0)
+    config = Config(z_dim=8, hidden=(64, 32), prior="laplace", data_shape=(28, 28))
+    vae = VAE.from_config(config)
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    x = binarize_fixed(fmnist_small.train[:256])
+    svi.step(x)
+    store = pyro.get_param_store()
+    registered = {id(store[name]) for name in store.keys()}
+    assert all(id(p) in registered for p in vae.parameters()), "every parameter reaches Pyro"
+    for _ in range(4):
+        svi.step(x)
+    unchanged = [k for k, v in vae.named_parameters() if torch.equal(v, before[k])]
+    assert unchanged == []
+
+
+def test_fit_lowers_test_neg_elbo_on_fashion_mnist(fmnist_small):
+    model, metrics = fit(data=fmnist_small, epochs=3, z_dim=10, hidden=(200,), progress=False)
+    test = [row["test_neg_elbo"] for row in metrics]
+    assert [row["epoch"] for row in metrics] == [1, 2, 3]
+    assert test[0] - test[-1] > 20, test
+    assert test == sorted(test, reverse=True), test
+    # The metric is the mean −ELBO in nats per image: re-estimating it must agree closely.
+    pyro.set_rng_seed(1)
+    again = neg_elbo(model, binarize_fixed(fmnist_small.test))
+    assert abs(again - test[-1]) < 2.0
+
+
+def test_fit_is_reproducible_on_cpu(fmnist_small):
+    runs = [fit(data=fmnist_small, epochs=2, seed=s, hidden=(64,), progress=False) for s in (3, 3, 4)]
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
+    assert drop_time(runs[0].metrics) == drop_time(runs[1].metrics)
+    assert drop_time(runs[0].metrics) != drop_time(runs[2].metrics)
+    for (k, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_dynamic_binarisation_redraws_while_test_binarisation_is_fixed(fmnist_small):
+    x = fmnist_small.train[:500]
+    a, b = binarize(x), binarize(x)
+    assert set(a.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(a, b)
+    assert abs(a.mean().item() - x.mean().item()) < 0.01
+    pyro.set_rng_seed(123)
+    t1 = binarize_fixed(x)
+    pyro.set_rng_seed(456)
+    assert torch.equal(t1, binarize_fixed(x)), "the test set must not depend on --seed"
+
+
+@pytest.mark.slow
+def test_foundation_figure_full_fashion_mnist_10_epochs(fashion_mnist):
+    # Issue 2 acceptance: 784-400-20, batch 128, 10 epochs, seed 0: test −ELBO ≤ 244 nats
+    # (a plain PyTorch VAE with the same networks reaches 242.7, shared/ANCHORS.md).
+    _, metrics = fit(data=fashion_mnist, epochs=10, z_dim=20, hidden=(400,), batch_size=128,
+                     seed=0, progress=False)
+    assert metrics[-1]["test_neg_elbo"] <= 244.0, metrics[-1]
