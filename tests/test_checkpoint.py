@@ -1,0 +1,129 @@
+import json
+import os
+import pickle
+import stat
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import VAE, CheckpointError, Config, RunDirError, load, save
+from pyro_vae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, prepare_run_dir
+
+
+@pytest.fixture
+def saved(tmp_path, small_vae):
+    save(small_vae, tmp_path / "run")
+    return tmp_path / "run", small_vae
+
+
+def test_round_trip_gives_identical_outputs(saved):
+    run, vae = saved
+    loaded = load(run)
+    assert loaded.config == vae.config
+    x = torch.rand(5, 784)
+    for a, b in zip(vae.encode(x), loaded.encode(x)):
+        assert torch.equal(a, b)
+    z = torch.randn(5, 4)
+    assert torch.equal(vae.decode(z), loaded.decode(z))
+    pyro.set_rng_seed(3)
+    first = loaded.sample(4)
+    pyro.set_rng_seed(3)
+    assert torch.equal(first, vae.sample(4))
+
+
+def test_files_are_written_readable_and_without_leftovers(saved):
+    run, _ = saved
+    assert sorted(p.name for p in run.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    mode = stat.S_IMODE(os.stat(run / WEIGHTS_FILE).st_mode)
+    assert mode & stat.S_IRGRP, "written files follow the umask, not mkstemp's 0600"
+
+
+def test_truncated_weights_are_refused(saved):
+    run, _ = saved
+    data = (run / WEIGHTS_FILE).read_bytes()
+    (run / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load(run)
+
+
+def test_corrupted_header_is_refused(saved):
+    run, _ = saved
+    data = bytearray((run / WEIGHTS_FILE).read_bytes())
+    data[8:40] = b"\xff" * 32
+    (run / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load(run)
+
+
+def test_pickle_in_place_of_weights_is_refused_without_running(saved, tmp_path):
+    run, _ = saved
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / WEIGHTS_FILE).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError):
+        load(run)
+    assert not marker.exists()
+
+
+def test_weights_from_another_architecture_are_refused(saved, tmp_path):
+    run, _ = saved
+    other = VAE.from_config(Config(z_dim=6, hidden=(32,), data_shape=(28, 28)))
+    save(other, tmp_path / "other")
+    (run / WEIGHTS_FILE).write_bytes((tmp_path / "other" / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="does not match"):
+        load(run)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.update(format_version=99), "format version 99"),
+        (lambda c: c.update(format="something-else"), "not a pyro_vae run"),
+        (lambda c: c["config"].update(new_option=1), "unknown keys"),
+        (lambda c: c["config"].update(z_dim=-3), "invalid value"),
+        (lambda c: c["config"].update(prior="cauchy"), "invalid value"),
+        (lambda c: c["config"].pop("data_shape"), "data_shape"),
+    ],
+)
+def test_incompatible_or_invalid_config_is_refused(saved, edit, match):
+    run, _ = saved
+    payload = json.loads((run / CONFIG_FILE).read_text())
+    edit(payload)
+    (run / CONFIG_FILE).write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=match):
+        load(run)
+
+
+def test_config_that_is_not_json_is_refused(saved):
+    run, _ = saved
+    (run / CONFIG_FILE).write_bytes(b"\x80\x04not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load(run)
+
+
+def test_empty_or_foreign_folders_are_not_runs(tmp_path):
+    with pytest.raises(RunDirError, match="does not exist"):
+        load(tmp_path / "nothing")
+    with pytest.raises(RunDirError, match="not a pyro_vae run"):
+        load(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a pyro_vae run"):
+        load(tmp_path)
+
+
+def test_overwrite_replaces_runs_but_never_foreign_folders(saved, tmp_path):
+    run, _ = saved
+    with pytest.raises(RunDirError, match="--overwrite"):
+        prepare_run_dir(run, overwrite=False)
+    assert prepare_run_dir(run, overwrite=True) == run and not any(run.iterdir())
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(RunDirError, match="never deletes"):
+        prepare_run_dir(foreign, overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "precious"

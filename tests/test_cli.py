@@ -1,0 +1,233 @@
+"""`pyro-vae fit` and `sample` as a user runs them, and every bad input they must refuse."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pyro_vae.cli import main
+
+from conftest import snapshot
+
+SMALL = ["--z-dim", "8", "--hidden", "128", "--batch-size", "100", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(fmnist_npz, tmp_path_factory):
+    """A user's .npz trained through the real console script, as in the README."""
+    out = tmp_path_factory.mktemp("runs") / "npz-run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", fmnist_npz, "--epochs", "2",
+         *SMALL, "--out", out],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("done: 2 epochs")
+    return out
+
+
+def test_fit_writes_a_complete_run_directory(trained_run):
+    names = sorted(p.name for p in trained_run.iterdir())
+    assert names == ["config.json", "metrics.csv", "model.safetensors", "reconstructions.png",
+                     "samples.png", "training_curve.png"]
+    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"epoch", "train_seconds", "train_neg_elbo", "test_neg_elbo"} <= set(rows[0])
+    assert float(rows[1]["test_neg_elbo"]) < float(rows[0]["test_neg_elbo"])
+    config = json.loads((trained_run / "config.json").read_text())["config"]
+    assert config["data_shape"] == [28, 28] and config["hidden"] == [128]
+    assert Image.open(trained_run / "samples.png").size == (242, 242)  # 8×8 of 28 px, 2 px pad
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_sample_writes_grid_and_array(trained_run, tmp_path, mean):
+    flag = ["--mean"] if mean else []
+    result = run("sample", trained_run, "--num", 64, *flag, "--out", tmp_path / "grid.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "grid.png").size == (242, 242)
+    result = run("sample", trained_run, "--num", 10, "--seed", 1, *flag, "--out", tmp_path / "x.npy")
+    assert result.exit_code == 0, result.output
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (10, 28, 28)
+    if mean:
+        assert 0 < x.min() and x.max() < 1 and len(np.unique(x)) > 100
+    else:
+        assert set(np.unique(x)) <= {0.0, 1.0}
+
+
+def test_sample_is_seeded(trained_run, tmp_path):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        assert run("sample", trained_run, "--seed", seed, "--out", tmp_path / f"{name}.npy").exit_code == 0
+    a, b, c = (np.load(tmp_path / f"{n}.npy") for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_help_documents_every_option():
+    text = run("fit", "--help").output
+    for flag in ["--dataset", "--test-dataset", "--data-dir", "--limit", "--binarize",
+                 "--likelihood", "--obs-scale", "--prior", "--prior-scale", "--z-dim", "--hidden",
+                 "--epochs", "--batch-size", "--lr", "--seed", "--device", "--out", "--overwrite"]:
+        assert flag in text
+    assert "--mean" in run("sample", "--help").output
+
+
+def _bad_files(tmp_path, fmnist_npz):
+    """Data files a user might hand us by mistake, keyed by a short name."""
+    rng = np.random.default_rng(0)
+    files = {
+        "garbage.npy": b"this is not an array",
+        "garbage.npz": b"PK\x03\x04 broken zip",
+    }
+    for name, payload in files.items():
+        (tmp_path / name).write_bytes(payload)
+    np.save(tmp_path / "flat.npy", rng.random(500).astype(np.float32))
+    np.save(tmp_path / "4d.npy", rng.random((10, 2, 28, 28)).astype(np.float32))
+    nan = rng.random((300, 28, 28)).astype(np.float32)
+    nan[3, 4, 5] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    inf = rng.random((300, 28, 28)).astype(np.float32)
+    inf[0, 0, 0] = np.inf
+    np.save(tmp_path / "inf.npy", inf)
+    np.save(tmp_path / "range.npy", (rng.random((300, 28, 28)) * 255).astype(np.float32))
+    np.save(tmp_path / "negative.npy", rng.random((300, 28, 28)).astype(np.float32) - 0.5)
+    np.save(tmp_path / "tiny.npy", rng.integers(0, 256, (50, 28, 28), dtype=np.uint8))
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "nokey.npz", images=rng.random((300, 28, 28)))
+    np.save(tmp_path / "testshape.npy", rng.integers(0, 256, (50, 14, 14), dtype=np.uint8))
+    (tmp_path / "data.csv").write_text("1,2,3\n")
+    return tmp_path
+
+
+BAD_FIT = [
+    (["--dataset", "cifar-11"], "unknown dataset"),
+    (["--dataset", "{d}/missing.npz"], "does not exist"),
+    (["--dataset", "{d}/data.csv"], "neither .npy nor .npz"),
+    (["--dataset", "{d}/garbage.npy"], "cannot read"),
+    (["--dataset", "{d}/garbage.npz"], "cannot read"),
+    (["--dataset", "{d}/flat.npy"], "expected (N, H, W)"),
+    (["--dataset", "{d}/4d.npy"], "expected (N, H, W)"),
+    (["--dataset", "{d}/nan.npy"], "NaN or infinite"),
+    (["--dataset", "{d}/inf.npy"], "NaN or infinite"),
+    (["--dataset", "{d}/range.npy"], "[0, 1]"),
+    (["--dataset", "{d}/negative.npy"], "[0, 1]"),
+    (["--dataset", "{d}/tiny.npy"], "--batch-size"),
+    (["--dataset", "{d}/strings.npy"], "give uint8"),
+    (["--dataset", "{d}/objects.npy"], "cannot read"),
+    (["--dataset", "{d}/nokey.npz"], "x_train"),
+    (["--dataset", "{npz}", "--test-dataset", "{d}/testshape.npy"], "shape"),
+    (["--dataset", "{npz}", "--binarize", "none"], "--binarize dynamic"),
+    (["--dataset", "{npz}", "--likelihood", "normal", "--binarize", "static"], "bernoulli likelihood only"),
+    (["--dataset", "{npz}", "--limit", "20"], "--batch-size"),
+    (["--dataset", "{npz}", "--z-dim", "0"], "--z-dim must be a positive"),
+    (["--dataset", "{npz}", "--hidden", "0"], "--hidden must be a positive"),
+    (["--dataset", "{npz}", "--epochs", "0"], "--epochs must be a positive"),
+    (["--dataset", "{npz}", "--batch-size", "-1"], "--batch-size must be a positive"),
+    (["--dataset", "{npz}", "--lr", "0"], "--lr must be a positive"),
+    (["--dataset", "{npz}", "--lr", "nan"], "--lr must be a positive"),
+    (["--dataset", "{npz}", "--limit", "0"], "--limit must be a positive"),
+    (["--dataset", "{npz}", "--obs-scale", "-1", "--likelihood", "normal"], "--obs-scale"),
+    (["--dataset", "{npz}", "--prior-scale", "0", "--prior", "laplace"], "--prior-scale"),
+    (["--dataset", "{npz}", "--seed", "-1"], "--seed"),
+    (["--dataset", "{npz}", "--device", "cuda"], "no CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_FIT, ids=[" ".join(a) for a, _ in BAD_FIT])
+def test_fit_refuses_bad_input_with_one_clear_line(args, message, tmp_path, fmnist_npz, monkeypatch):
+    if "cuda" in args:
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    folder = _bad_files(tmp_path, fmnist_npz)
+    args = [a.format(d=folder, npz=fmnist_npz) for a in args]
+    before = snapshot(tmp_path)
+    result = run("fit", *SMALL, "--epochs", 1, *args, "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), "no traceback: a handled error"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+    assert snapshot(tmp_path) == before, "a refused run changes nothing on disk"
+
+
+def test_fit_refuses_a_non_empty_out_unless_overwrite(trained_run, fmnist_npz, tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    before = snapshot(run_copy)
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--out", run_copy)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert snapshot(run_copy) == before
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--seed", 9,
+                 "--out", run_copy, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_copy / "config.json").read_text())["config"]["seed"] == 9
+    assert len(list(csv.DictReader(open(run_copy / "metrics.csv")))) == 1
+
+
+def _damage(run_dir, how):
+    weights = run_dir / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "corrupted":
+        data = bytearray(weights.read_bytes())
+        data[:8] = b"\xff" * 8
+        weights.write_bytes(bytes(data))
+    elif how == "old-version":
+        payload = json.loads((run_dir / "config.json").read_text())
+        payload["format_version"] = 0
+        (run_dir / "config.json").write_text(json.dumps(payload))
+    elif how == "no-weights":
+        weights.unlink()
+
+
+BAD_SAMPLE = [
+    ("empty", "not a pyro_vae run"),
+    ("missing", "does not exist"),
+    ("foreign", "not a pyro_vae run"),
+    ("truncated", "truncated or corrupted"),
+    ("corrupted", "truncated or corrupted"),
+    ("old-version", "format version 0"),
+    ("no-weights", "missing"),
+]
+
+
+@pytest.mark.parametrize("case, message", BAD_SAMPLE, ids=[c for c, _ in BAD_SAMPLE])
+def test_sample_refuses_bad_run_directories(case, message, trained_run, tmp_path):
+    target = tmp_path / "run"
+    if case == "empty":
+        target.mkdir()
+    elif case == "foreign":
+        target.mkdir()
+        (target / "holiday.jpg").write_bytes(b"\xff\xd8")
+    elif case != "missing":
+        shutil.copytree(trained_run, target)
+        _damage(target, case)
+    before = snapshot(tmp_path)
+    result = run("sample", target, "--out", tmp_path / "grid.png")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{t}/grid.jpg"], ".png (image grid) or .npy"),
+        (["--out", "{t}/no/such/dir/grid.png"], "does not exist"),
+        (["--num", "0", "--out", "{t}/g.png"], "--num"),
+        (["--seed", "-2", "--out", "{t}/g.png"], "--seed"),
+    ],
+)
+def test_sample_refuses_bad_options(args, message, trained_run, tmp_path):
+    result = run("sample", trained_run, *[a.format(t=tmp_path) for a in args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not any(tmp_path.iterdir())
