@@ -73,7 +73,7 @@ def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
     """Train a VAE with SVI and write a run directory to --out.
 
     \b
-    RUN_DIR receives:
+    --out receives:
       config.json          everything needed to rebuild the model
       model.safetensors    weights (saved after every epoch)
       metrics.csv          epoch, train_seconds, train_neg_elbo, test_neg_elbo (nats/image)

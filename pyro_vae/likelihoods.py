@@ -44,7 +44,8 @@ class BernoulliLikelihood(Likelihood):
 
     log p(x|z) = Σ_d x_d log σ(f_d) + (1 − x_d) log(1 − σ(f_d)) nats (Kingma & Welling 2014,
     appendix C.1). Grey levels in [0, 1] are read as probabilities and binarised before they are
-    scored (``binarize`` ``"dynamic"`` or ``"static"``); with ``"none"`` the data must already be 0/1.
+    scored (``binarize`` ``"dynamic"`` or ``"static"``); with ``"none"`` the data must already
+    be 0/1.
     """
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:

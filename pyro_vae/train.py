@@ -42,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+        )
     return torch.device(name)
 
 
@@ -121,7 +123,9 @@ def fit(
         vae.train()
         total, start_time = 0.0, time.perf_counter()
         with tqdm(
-            total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not progress,
+            # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
+            total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+            disable=None if progress else True,
             leave=False, dynamic_ncols=True,
         ) as bar:
             for step, start in enumerate(range(0, n, config.batch_size)):

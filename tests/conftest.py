@@ -45,7 +45,9 @@ def fmnist_small(fashion_mnist: Data) -> Data:
 def fmnist_npz(fmnist_small: Data, tmp_path_factory) -> Path:
     """The subset saved as a user would: uint8 (N, 28, 28) x_train/x_test with labels."""
     path = tmp_path_factory.mktemp("npz") / "fmnist_small.npz"
-    as_uint8 = lambda x: (x * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()  # noqa: E731
+
+    def as_uint8(x):
+        return (x * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
     np.savez(
         path,
         x_train=as_uint8(fmnist_small.train),

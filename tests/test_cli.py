@@ -55,7 +55,8 @@ def test_sample_writes_grid_and_array(trained_run, tmp_path, mean):
     result = run("sample", trained_run, "--num", 64, *flag, "--out", tmp_path / "grid.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "grid.png").size == (242, 242)
-    result = run("sample", trained_run, "--num", 10, "--seed", 1, *flag, "--out", tmp_path / "x.npy")
+    result = run("sample", trained_run, "--num", 10, "--seed", 1, *flag,
+                 "--out", tmp_path / "x.npy")
     assert result.exit_code == 0, result.output
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (10, 28, 28)
@@ -67,7 +68,8 @@ def test_sample_writes_grid_and_array(trained_run, tmp_path, mean):
 
 def test_sample_is_seeded(trained_run, tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        assert run("sample", trained_run, "--seed", seed, "--out", tmp_path / f"{name}.npy").exit_code == 0
+        result = run("sample", trained_run, "--seed", seed, "--out", tmp_path / f"{name}.npy")
+        assert result.exit_code == 0, result.output
     a, b, c = (np.load(tmp_path / f"{n}.npy") for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -127,7 +129,8 @@ BAD_FIT = [
     (["--dataset", "{d}/nokey.npz"], "x_train"),
     (["--dataset", "{npz}", "--test-dataset", "{d}/testshape.npy"], "shape"),
     (["--dataset", "{npz}", "--binarize", "none"], "--binarize dynamic"),
-    (["--dataset", "{npz}", "--likelihood", "normal", "--binarize", "static"], "bernoulli likelihood only"),
+    (["--dataset", "{npz}", "--likelihood", "normal", "--binarize", "static"],
+     "bernoulli likelihood only"),
     (["--dataset", "{npz}", "--limit", "20"], "--batch-size"),
     (["--dataset", "{npz}", "--z-dim", "0"], "--z-dim must be a positive"),
     (["--dataset", "{npz}", "--hidden", "0"], "--hidden must be a positive"),
@@ -144,7 +147,9 @@ BAD_FIT = [
 
 
 @pytest.mark.parametrize("args, message", BAD_FIT, ids=[" ".join(a) for a, _ in BAD_FIT])
-def test_fit_refuses_bad_input_with_one_clear_line(args, message, tmp_path, fmnist_npz, monkeypatch):
+def test_fit_refuses_bad_input_with_one_clear_line(
+    args, message, tmp_path, fmnist_npz, monkeypatch
+):
     if "cuda" in args:
         monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     folder = _bad_files(tmp_path, fmnist_npz)

@@ -23,7 +23,9 @@ def test_normal_log_prob_is_scaled_squared_error(c):
     x = torch.randn(3, 8)
     d = NormalLikelihood(c)(mu)
     expected = (
-        -((x - mu.squeeze(-1)) ** 2).sum(-1) / (2 * c**2) - 8 * math.log(c) - 4 * math.log(2 * math.pi)
+        -((x - mu.squeeze(-1)) ** 2).sum(-1) / (2 * c**2)
+        - 8 * math.log(c)
+        - 4 * math.log(2 * math.pi)
     )
     torch.testing.assert_close(d.log_prob(x), expected)
     torch.testing.assert_close(d.mean, mu.squeeze(-1))

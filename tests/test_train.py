@@ -39,8 +39,13 @@ def test_fit_lowers_test_neg_elbo_on_fashion_mnist(fmnist_small):
 
 
 def test_fit_is_reproducible_on_cpu(fmnist_small):
-    runs = [fit(data=fmnist_small, epochs=2, seed=s, hidden=(64,), progress=False) for s in (3, 3, 4)]
-    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
+    runs = [
+        fit(data=fmnist_small, epochs=2, seed=s, hidden=(64,), progress=False) for s in (3, 3, 4)
+    ]
+
+    def drop_time(rows):
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
     assert drop_time(runs[0].metrics) == drop_time(runs[1].metrics)
     assert drop_time(runs[0].metrics) != drop_time(runs[2].metrics)
     for (k, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
