@@ -12,7 +12,8 @@ import numpy as np
 import pyro
 
 from . import __version__
-from .config import ACTIVATIONS, BINARIZE_MODES, DEVICES, Config
+from .config import ACTIVATIONS, ARCHS, BINARIZE_MODES, DEVICES, ELBOS, Config
+from .guides import GUIDES
 from .errors import PyroVAEError
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
@@ -51,15 +52,47 @@ def main() -> None:
 @click.option("--likelihood", type=click.Choice(tuple(LIKELIHOODS)), default="bernoulli",
               show_default=True, help="p(x|z).")
 @click.option("--obs-scale", type=float, default=0.1, show_default=True,
-              help="Fixed standard deviation c of the normal likelihood N(f(z), c²I).")
+              help="Fixed scale c of the normal (N(f(z), c²I)) and laplace likelihoods.")
+@click.option("--min-obs-scale", type=float, default=0.01, show_default=True,
+              help="Floor of the learned scale of normal-learned.")
 @click.option("--prior", type=click.Choice(tuple(PRIORS)), default="normal", show_default=True,
-              help="p(z): standard normal, or laplace (sparsity prior).")
+              help="p(z): normal N(0, I), laplace (sparsity prior), studentt, mog (learned "
+                   "mixture of Gaussians), vamp (VampPrior), flow (masked autoregressive flow), "
+                   "none (flat; with --guide delta only).")
 @click.option("--prior-scale", type=float, default=1.0, show_default=True,
               help="Scale b of the laplace prior (λ = 1/b).")
+@click.option("--prior-df", type=float, default=3.0, show_default=True,
+              help="Degrees of freedom of the studentt prior.")
+@click.option("--prior-components", type=int, default=50, show_default=True,
+              help="Components of the mog prior / pseudo-inputs of the vamp prior.")
+@click.option("--guide", type=click.Choice(tuple(GUIDES)), default="normal", show_default=True,
+              help="q(z|x): normal (diagonal Gaussian), iaf (Gaussian + inverse autoregressive "
+                   "flows), delta (point mass: the deterministic autoencoder).")
+@click.option("--flows", type=int, default=2, show_default=True,
+              help="Flow layers of the iaf guide and of the flow prior.")
+@click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
+              help="Networks: mlp, conv (images with sides divisible by 4), linear (one affine "
+                   "map each way; with a normal likelihood, probabilistic PCA).")
 @click.option("--z-dim", type=int, default=20, show_default=True, help="Latent dimension.")
 @click.option("--hidden", type=int, multiple=True, default=(400,), show_default=True,
               help="Hidden layer width; repeat for more layers (--hidden 512 --hidden 256).")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True)
+@click.option("--corrupt", metavar="gaussian:σ|mask:p",
+              help="Denoising: feed the guide a corrupted x̃ (Gaussian noise, or each pixel "
+                   "zeroed with probability p) while the likelihood scores the clean x.")
+@click.option("--contractive", type=float, default=0.0, show_default=True,
+              help="λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on the encoder.")
+@click.option("--elbo", type=click.Choice(ELBOS), default="trace", show_default=True,
+              help="trace (Trace_ELBO), meanfield (analytic KL where known), iwae (IWAE bound, "
+                   "RenyiELBO α=0).")
+@click.option("--particles", type=int, default=1, show_default=True,
+              help="Samples of z per image: R of the Monte Carlo ELBO, K of the IWAE bound.")
+@click.option("--beta", type=float, default=1.0, show_default=True,
+              help="Weight of the KL term (β-VAE).")
+@click.option("--kl-warmup", type=int, default=0, show_default=True,
+              help="Epochs over which the KL weight rises linearly from 0 to β.")
+@click.option("--clip-norm", type=float,
+              help="Clip each parameter's gradient to this norm.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
@@ -76,9 +109,10 @@ def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
     --out receives:
       config.json          everything needed to rebuild the model
       model.safetensors    weights (saved after every epoch)
-      metrics.csv          epoch, train_seconds, train_neg_elbo, test_neg_elbo (nats/image)
+      metrics.csv          epoch, train_seconds, train_neg_elbo, test_neg_elbo (nats/image),
+                           test_bits_per_dim for discrete likelihoods
       training_curve.png   train and test -ELBO per epoch
-      samples.png          64 draws of the mean of p(x|z), z ~ p(z)
+      samples.png          64 draws of the mean of p(x|z), z ~ p(z) (not for --prior none)
       reconstructions.png  rows of test images, the binary draw the model scores
                            (binarised Bernoulli only) and the reconstruction
     """

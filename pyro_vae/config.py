@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 BINARIZE_MODES = ("dynamic", "static", "none")
 ACTIVATIONS = ("relu", "softplus", "tanh")
 DEVICES = ("auto", "cpu", "cuda")
+ARCHS = ("mlp", "conv", "linear")
+ELBOS = ("trace", "meanfield", "iwae")
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,36 @@ class Config:
         Name in :data:`pyro_vae.priors.PRIORS`.
     prior_scale : float
         Scale b of the Laplace prior (λ = 1/b); the standard Normal prior ignores it.
+    prior_df : float
+        Degrees of freedom ν of the Student-t prior.
+    prior_components : int
+        K, the number of mixture components (``mog``) or pseudo-inputs (``vamp``).
+    flows : int
+        Number of flow layers of the ``iaf`` guide and of the ``flow`` prior.
     likelihood : str
         Name in :data:`pyro_vae.likelihoods.LIKELIHOODS`.
     obs_scale : float
-        Fixed standard deviation c of the Normal likelihood, p(x|z) = N(f(z), c²I).
+        Fixed scale c of the ``normal`` (N(f(z), c²I)) and ``laplace`` likelihoods.
+    min_obs_scale : float
+        Floor of the decoder's scale for ``normal-learned``, against collapse.
+    guide : str
+        Name in :data:`pyro_vae.guides.GUIDES`: ``normal``, ``iaf`` or ``delta``.
+    arch : {"mlp", "conv", "linear"}
+        Encoder and decoder networks.
+    corrupt : str or None
+        Denoising corruption C(x̃|x) fed to the guide: ``"gaussian:σ"`` or ``"mask:p"``.
+    contractive : float
+        λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on the encoder (0 = off).
+    elbo : {"trace", "meanfield", "iwae"}
+        ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO(alpha=0)`` (the IWAE bound).
+    particles : int
+        Samples of z per data point (R of the Monte Carlo ELBO, K of the IWAE bound).
+    beta : float
+        Weight of the KL term (β-VAE), applied with ``poutine.scale``.
+    kl_warmup : int
+        Epochs over which the KL weight rises linearly from 0 to β.
+    clip_norm : float or None
+        Clip each parameter's gradient to this norm (Pyro's ``clip_args``).
     epochs, batch_size, lr, seed : int, int, float, int
         Training length, minibatch size, Adam learning rate and random seed.
     device : {"auto", "cpu", "cuda"}
@@ -78,8 +106,21 @@ class Config:
     activation: str = "relu"
     prior: str = "normal"
     prior_scale: float = 1.0
+    prior_df: float = 3.0
+    prior_components: int = 50
+    flows: int = 2
     likelihood: str = "bernoulli"
     obs_scale: float = 0.1
+    min_obs_scale: float = 0.01
+    guide: str = "normal"
+    arch: str = "mlp"
+    corrupt: str | None = None
+    contractive: float = 0.0
+    elbo: str = "trace"
+    particles: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
+    clip_norm: float | None = None
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -88,6 +129,8 @@ class Config:
     data_shape: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
+        from .corruption import parse_corruption
+        from .guides import GUIDES
         from .likelihoods import LIKELIHOODS
         from .priors import PRIORS
 
@@ -106,16 +149,36 @@ class Config:
         _positive_float("lr", self.lr, "--lr")
         _positive_float("prior_scale", self.prior_scale, "--prior-scale")
         _positive_float("obs_scale", self.obs_scale, "--obs-scale")
+        _positive_float("min_obs_scale", self.min_obs_scale, "--min-obs-scale")
+        _positive_float("prior_df", self.prior_df, "--prior-df")
+        _positive_int("prior_components", self.prior_components, "--prior-components")
+        _positive_int("flows", self.flows, "--flows")
+        _positive_int("particles", self.particles, "--particles")
+        _positive_float("beta", self.beta, "--beta")
+        if not isinstance(self.kl_warmup, int) or isinstance(self.kl_warmup, bool) or (
+            self.kl_warmup < 0
+        ):
+            raise ConfigError(
+                f"--kl-warmup must be a whole number of epochs ≥ 0, got {self.kl_warmup!r}"
+            )
+        if self.clip_norm is not None:
+            _positive_float("clip_norm", self.clip_norm, "--clip-norm")
+        if self.contractive != 0:
+            _positive_float("contractive", self.contractive, "--contractive")
+        parse_corruption(self.corrupt)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         _choice("prior", self.prior, tuple(PRIORS), "--prior")
         _choice("likelihood", self.likelihood, tuple(LIKELIHOODS), "--likelihood")
         _choice("activation", self.activation, ACTIVATIONS, "--activation")
         _choice("device", self.device, DEVICES, "--device")
+        _choice("guide", self.guide, tuple(GUIDES), "--guide")
+        _choice("arch", self.arch, ARCHS, "--arch")
+        _choice("elbo", self.elbo, ELBOS, "--elbo")
+        self._check_combination()
         if self.likelihood == "bernoulli":
-            if self.binarize is None:
-                object.__setattr__(self, "binarize", "dynamic")
-            _choice("binarize", self.binarize, BINARIZE_MODES, "--binarize")
+            if self.binarize is not None:
+                _choice("binarize", self.binarize, BINARIZE_MODES, "--binarize")
         elif self.binarize is not None:
             raise ConfigError(
                 f"--binarize applies to the bernoulli likelihood only, not {self.likelihood!r}; "
@@ -126,6 +189,46 @@ class Config:
                 not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in self.data_shape
             ):
                 raise ConfigError(f"data_shape must be positive integers, got {self.data_shape!r}")
+
+    def _check_combination(self) -> None:
+        """Refuse combinations of parts that define no sensible objective, saying why."""
+        if self.elbo == "iwae" and self.guide == "delta":
+            raise ConfigError(
+                "--elbo iwae needs a guide with a density to importance-sample from, and a point "
+                "mass (--guide delta) has none; use --guide normal or iaf, or --elbo trace"
+            )
+        if self.prior == "none" and self.guide != "delta":
+            raise ConfigError(
+                "a flat prior (--prior none) makes the ELBO of a stochastic guide unbounded; "
+                "use it with --guide delta (the plain autoencoder) or pick another prior"
+            )
+        if self.prior == "vamp" and self.guide != "normal":
+            raise ConfigError(
+                "--prior vamp mixes the guide's Gaussian posteriors at pseudo-inputs, so it "
+                "needs --guide normal"
+            )
+        if self.elbo == "iwae" and (self.beta != 1.0 or self.kl_warmup > 0):
+            raise ConfigError(
+                "--beta and --kl-warmup reweight the KL term of the ELBO, which the IWAE bound "
+                "does not have; use them with --elbo trace or meanfield"
+            )
+        if (self.guide == "iaf" or self.prior == "flow") and self.z_dim < 2:
+            raise ConfigError("autoregressive flows (--guide iaf, --prior flow) need --z-dim ≥ 2")
+        if self.data_shape is not None and self.arch == "conv":
+            shape = self.data_shape
+            if len(shape) != 2 or shape[0] % 4 or shape[1] % 4:
+                raise ConfigError(
+                    f"--arch conv needs images whose height and width are multiples of 4, but "
+                    f"the data have shape {shape}; use --arch mlp"
+                )
+
+    @property
+    def binarization(self) -> str | None:
+        """The binarisation in effect: ``binarize``, ``"dynamic"`` by default for Bernoulli,
+        ``None`` for other likelihoods."""
+        if self.likelihood != "bernoulli":
+            return None
+        return self.binarize or "dynamic"
 
     @property
     def input_dim(self) -> int:

@@ -112,7 +112,7 @@ def load_data(config: Config) -> Data:
 
 def check_data(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
-    from .likelihoods import LIKELIHOODS
+    from .likelihoods import build_likelihood
 
     for what, x in (("training data", data.train), ("test data", data.test)):
         if x.shape[0] == 0:
@@ -122,8 +122,8 @@ def check_data(data: Data, config: Config) -> None:
                 f"the {what} from {data.source} contain NaN or infinite values; "
                 "remove or impute them first"
             )
-        LIKELIHOODS[config.likelihood]().check_support(
-            x, f"the {what} from {data.source}", config.binarize
+        build_likelihood(config).check_support(
+            x, f"the {what} from {data.source}", config.binarization
         )
     if data.train.shape[0] < config.batch_size:
         raise DataError(

@@ -2,8 +2,10 @@
 
 A :class:`Likelihood` turns the decoder output of shape ``(batch, D, params_per_dim)`` into a Pyro
 distribution with ``event_shape == (D,)``, and checks before training that the data lie in its
-support, so that bad data give a clear error instead of a NaN. Adding a likelihood means adding
-a subclass here and an entry in :data:`LIKELIHOODS`.
+support, so that bad data give a clear error instead of a NaN. Data tensors hold grey levels in
+[0, 1]; a likelihood over other units (the categorical one over levels 0–255) converts with
+:meth:`Likelihood.to_obs` and :meth:`Likelihood.to_data`. Adding a likelihood means adding a
+subclass here and an entry in :data:`LIKELIHOODS`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Likelihood(nn.Module):
     """
 
     params_per_dim: int = 1
+    #: Whether p(x|z) is a probability mass function, so that −log p(x) converts to bits/dim.
+    discrete: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> "Likelihood":
@@ -38,6 +42,18 @@ class Likelihood(nn.Module):
     def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
         """Raise :class:`DataError` if the values of ``x`` cannot be scored by this likelihood."""
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[x | z] in data units: (..., D, k) → (..., D)."""
+        return self(params).mean
+
+    def to_obs(self, x: torch.Tensor) -> torch.Tensor:
+        """Data (batch, D) → the values this distribution scores (identity by default)."""
+        return x
+
+    def to_data(self, obs: torch.Tensor) -> torch.Tensor:
+        """A draw of this distribution → data units (identity by default)."""
+        return obs
+
 
 class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(σ(f_d(z))) for binary data.
@@ -47,6 +63,8 @@ class BernoulliLikelihood(Likelihood):
     scored (``binarize`` ``"dynamic"`` or ``"static"``); with ``"none"`` the data must already
     be 0/1.
     """
+
+    discrete = True
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=params.squeeze(-1)).to_event(1)
@@ -58,12 +76,8 @@ class BernoulliLikelihood(Likelihood):
                     f"{what} holds values other than 0 and 1, which --binarize none requires; "
                     "use --binarize dynamic or static for grey levels"
                 )
-        elif bool((x < 0).any()) or bool((x > 1).any()):
-            lo, hi = float(x.min()), float(x.max())
-            raise DataError(
-                f"{what} has values in [{lo:g}, {hi:g}] but the bernoulli likelihood needs grey "
-                "levels in [0, 1] (or uint8 0-255); rescale the data or use --likelihood normal"
-            )
+        else:
+            _check_unit_interval(x, what, "bernoulli")
 
 
 class NormalLikelihood(Likelihood):
@@ -90,10 +104,124 @@ class NormalLikelihood(Likelihood):
         return dist.Normal(params.squeeze(-1), self.scale).to_event(1)
 
 
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_d ~ ContinuousBernoulli(λ_d = σ(f_d(z))) on [0, 1]: the properly normalised density
+    for grey levels that the Bernoulli likelihood only approximates.
+
+    log p(x|λ) = log C(λ) + x log λ + (1 − x) log(1 − λ), C(λ) = 2 artanh(1 − 2λ)/(1 − 2λ)
+    (Loaiza-Ganem & Cunningham 2019, eq. 7). Densities can be positive, so −log p can be < 0.
+    """
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=params.squeeze(-1)).to_event(1)
+
+    def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
+        _check_unit_interval(x, what, "continuous-bernoulli")
+
+
+class LearnedNormalLikelihood(Likelihood):
+    """x ~ N(μ_θ(z), diag σ²_θ(z)): the decoder outputs a scale per dimension too.
+
+    σ = s_min + softplus(raw), the floor s_min keeping the density from collapsing onto pixels
+    that never vary (the decoder with learned variance of Goodfellow, Bengio & Courville 2016,
+    §20.10.3). log p = Σ_d −(x_d − μ_d)²/(2σ_d²) − log σ_d − ½ log 2π nats.
+
+    Parameters
+    ----------
+    min_scale : float
+        s_min > 0.
+    """
+
+    params_per_dim = 2
+
+    def __init__(self, min_scale: float = 0.01):
+        super().__init__()
+        self.min_scale = float(min_scale)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LearnedNormalLikelihood":
+        return cls(config.min_obs_scale)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw_scale = params.unbind(-1)
+        scale = self.min_scale + torch.nn.functional.softplus(raw_scale)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+class LaplaceLikelihood(Likelihood):
+    """x ~ Laplace(f(z), c) per dimension: an L1 reconstruction error in nats.
+
+    log p(x|z) = −‖x − f(z)‖₁ / c − D log(2c).
+
+    Parameters
+    ----------
+    scale : float
+        c > 0, in the units of the data.
+    """
+
+    def __init__(self, scale: float = 0.1):
+        super().__init__()
+        self.scale = float(scale)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LaplaceLikelihood":
+        return cls(config.obs_scale)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Laplace(params.squeeze(-1), self.scale).to_event(1)
+
+
+class CategoricalLikelihood(Likelihood):
+    """x_d ∈ {0, …, 255} ~ Categorical(softmax(f_d(z))): a free distribution over the 256 grey
+    levels of each pixel (the softmax output unit for discrete values, Goodfellow, Bengio &
+    Courville 2016, §6.2.2.3; van den Oord et al. 2016, §2.2).
+
+    Data in [0, 1] are scored as levels round(255·x); −log p(x) converts to bits per dimension
+    as −log p(x) / (D ln 2).
+    """
+
+    params_per_dim = 256
+    discrete = True
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Categorical(logits=params).to_event(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        levels = torch.arange(256, dtype=params.dtype, device=params.device)
+        return (params.softmax(-1) * levels).sum(-1) / 255.0
+
+    def to_obs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 255.0)
+
+    def to_data(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs / 255.0
+
+    def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
+        _check_unit_interval(x, what, "categorical")
+        if bool(((x * 255.0 - torch.round(x * 255.0)).abs() > 1e-3).any()):
+            raise DataError(
+                f"{what} are not on the 256 grey levels that the categorical likelihood scores; "
+                "give uint8 images or use --likelihood continuous-bernoulli"
+            )
+
+
+def _check_unit_interval(x: torch.Tensor, what: str, name: str) -> None:
+    if bool((x < 0).any()) or bool((x > 1).any()):
+        lo, hi = float(x.min()), float(x.max())
+        raise DataError(
+            f"{what} has values in [{lo:g}, {hi:g}] but the {name} likelihood needs grey "
+            "levels in [0, 1] (or uint8 0-255); rescale the data or use --likelihood normal"
+        )
+
+
 #: Registry of likelihoods by the name used in ``--likelihood`` and ``config.json``.
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": BernoulliLikelihood,
+    "continuous-bernoulli": ContinuousBernoulliLikelihood,
     "normal": NormalLikelihood,
+    "normal-learned": LearnedNormalLikelihood,
+    "laplace": LaplaceLikelihood,
+    "categorical": CategoricalLikelihood,
 }
 
 

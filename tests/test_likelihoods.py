@@ -40,3 +40,58 @@ def test_bernoulli_without_binarisation_needs_binary_data():
     BernoulliLikelihood().check_support(torch.tensor([[0.0, 1.0]]), "data", "none")
     with pytest.raises(DataError, match="--binarize dynamic"):
         BernoulliLikelihood().check_support(torch.tensor([[0.0, 0.5]]), "data", "none")
+
+
+def test_continuous_bernoulli_log_prob_is_closed_form():
+    from pyro_vae.likelihoods import ContinuousBernoulliLikelihood
+
+    logits = torch.randn(3, 7, 1) * 2
+    x = torch.rand(3, 7)
+    lam = torch.sigmoid(logits.squeeze(-1))
+    log_c = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    expected = (log_c + x * lam.log() + (1 - x) * (1 - lam).log()).sum(-1)
+    torch.testing.assert_close(ContinuousBernoulliLikelihood()(logits).log_prob(x), expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_learned_normal_scale_has_a_floor():
+    from pyro_vae.likelihoods import LearnedNormalLikelihood
+
+    params = torch.stack([torch.randn(2, 5), torch.full((2, 5), -50.0)], dim=-1)
+    d = LearnedNormalLikelihood(min_scale=0.05)(params)
+    torch.testing.assert_close(d.base_dist.scale, torch.full((2, 5), 0.05))
+    x = torch.randn(2, 5)
+    loc, s = params[..., 0], 0.05
+    expected = (-((x - loc) ** 2) / (2 * s**2) - math.log(s) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    torch.testing.assert_close(d.log_prob(x), expected)
+
+
+def test_laplace_likelihood_is_scaled_l1_error():
+    from pyro_vae.likelihoods import LaplaceLikelihood
+
+    mu, x = torch.randn(4, 6, 1), torch.randn(4, 6)
+    expected = -(x - mu.squeeze(-1)).abs().sum(-1) / 0.2 - 6 * math.log(2 * 0.2)
+    torch.testing.assert_close(LaplaceLikelihood(0.2)(mu).log_prob(x), expected)
+
+
+def test_categorical_scores_grey_levels_with_a_softmax():
+    from pyro_vae.likelihoods import CategoricalLikelihood
+
+    lik = CategoricalLikelihood()
+    logits = torch.randn(2, 5, 256)
+    levels = torch.randint(0, 256, (2, 5))
+    x = levels / 255.0
+    obs = lik.to_obs(x)
+    assert torch.equal(obs, levels.float())
+    expected = logits.log_softmax(-1).gather(-1, levels[..., None]).squeeze(-1).sum(-1)
+    torch.testing.assert_close(lik(logits).log_prob(obs), expected)
+    mean = (logits.softmax(-1) * torch.arange(256.0)).sum(-1) / 255
+    torch.testing.assert_close(lik.mean(logits), mean)
+    torch.testing.assert_close(lik.to_data(obs), x)
+
+
+def test_categorical_refuses_values_between_grey_levels():
+    from pyro_vae.likelihoods import CategoricalLikelihood
+
+    with pytest.raises(DataError, match="256 grey levels"):
+        CategoricalLikelihood().check_support(torch.tensor([[0.5, 0.1234]]), "data", None)

@@ -1,0 +1,124 @@
+"""Every allowed prior × likelihood × guide × objective takes a real SVI step; the rest are refused."""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI
+from pyro.optim import Adam
+
+from pyro_vae import VAE, Config, ConfigError
+from pyro_vae.config import ARCHS, ELBOS
+from pyro_vae.data import binarize_fixed
+from pyro_vae.guides import GUIDES
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.objectives import build_elbo
+from pyro_vae.priors import PRIORS
+
+PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3}
+
+
+def _config(prior, likelihood, guide, elbo, **extra):
+    return Config(
+        prior=prior, likelihood=likelihood, guide=guide, elbo=elbo, particles=PARTICLES[elbo],
+        z_dim=2, hidden=(16,), prior_components=3, flows=1, data_shape=(28, 28), **extra,
+    )
+
+
+def _combinations():
+    allowed, refused = [], []
+    for combo in itertools.product(sorted(PRIORS), sorted(LIKELIHOODS), sorted(GUIDES), ELBOS):
+        try:
+            _config(*combo)
+        except ConfigError as err:
+            refused.append((combo, str(err)))
+        else:
+            allowed.append(combo)
+    return allowed, refused
+
+
+ALLOWED, REFUSED = _combinations()
+
+
+@pytest.fixture(scope="module")
+def batches(fmnist_small):
+    grey = fmnist_small.train[:16]
+    return {"binary": binarize_fixed(grey), "grey": grey}
+
+
+def _one_step_moves_everything(config, x):
+    pyro.set_rng_seed(0)
+    vae = VAE.from_config(config)
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), build_elbo(config))
+    loss = svi.step(x)
+    assert math.isfinite(loss)
+    unchanged = [k for k, v in vae.named_parameters() if torch.equal(v, before[k])]
+    assert unchanged == [], unchanged
+
+
+@pytest.mark.parametrize("prior, likelihood, guide, elbo", ALLOWED,
+                         ids=["-".join(c) for c in ALLOWED])
+def test_svi_step_on_fashion_mnist(prior, likelihood, guide, elbo, batches):
+    x = batches["binary" if likelihood == "bernoulli" else "grey"]
+    _one_step_moves_everything(_config(prior, likelihood, guide, elbo), x)
+
+
+def test_the_refused_combinations_are_exactly_the_senseless_ones():
+    reasons = {}
+    for (prior, likelihood, guide, elbo), message in REFUSED:
+        if elbo == "iwae" and guide == "delta":
+            reasons.setdefault("iwae-delta", set()).add(message)
+        elif prior == "none":
+            assert guide != "delta"
+            reasons.setdefault("flat-prior", set()).add(message)
+        elif prior == "vamp":
+            assert guide != "normal"
+            reasons.setdefault("vamp", set()).add(message)
+        else:
+            pytest.fail(f"unexpected refusal of {(prior, likelihood, guide, elbo)}: {message}")
+    assert set(reasons) == {"iwae-delta", "flat-prior", "vamp"}
+    assert all(len(m) == 1 for m in reasons.values()), "one clear reason per kind of refusal"
+    assert len(ALLOWED) == 270
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(elbo="iwae", beta=0.5), "--beta and --kl-warmup"),
+        (dict(elbo="iwae", kl_warmup=2), "--beta and --kl-warmup"),
+        (dict(guide="iaf", z_dim=1), "need --z-dim ≥ 2"),
+        (dict(prior="flow", z_dim=1), "need --z-dim ≥ 2"),
+        (dict(arch="conv", data_shape=(30, 30)), "multiples of 4"),
+        (dict(arch="conv", data_shape=(784,)), "multiples of 4"),
+        (dict(corrupt="gaussian"), "--corrupt"),
+        (dict(corrupt="mask:1.5"), "--corrupt"),
+        (dict(corrupt="salt:0.1"), "--corrupt"),
+        (dict(contractive=-1.0), "--contractive"),
+        (dict(particles=0), "--particles"),
+        (dict(clip_norm=0.0), "--clip-norm"),
+        (dict(beta=0.0), "--beta"),
+        (dict(prior_components=0), "--prior-components"),
+        (dict(likelihood="categorical", binarize="static"), "bernoulli likelihood only"),
+    ],
+)
+def test_other_senseless_options_are_refused(options, message):
+    options.setdefault("data_shape", (28, 28))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Config(**options)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical", "normal-learned"])
+def test_every_architecture_trains(arch, likelihood, batches):
+    x = batches["binary" if likelihood == "bernoulli" else "grey"]
+    config = _config("normal", likelihood, "iaf", "iwae", arch=arch)
+    _one_step_moves_everything(config, x)
+
+
+def test_regularisers_train_together(batches):
+    config = _config("laplace", "bernoulli", "normal", "trace", corrupt="mask:0.3",
+                     contractive=0.1, beta=0.5, clip_norm=5.0)
+    _one_step_moves_everything(config, batches["binary"])
