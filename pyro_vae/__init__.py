@@ -10,7 +10,14 @@ __version__ = "0.1.0"
 from .checkpoint import load, save
 from .config import Config
 from .data import Data, load_data
-from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, RunDirError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PyroVAEError,
+    RunDirError,
+    TrainingError,
+)
 from .model import VAE
 from .train import FitResult, fit
 
@@ -24,6 +31,7 @@ __all__ = [
     "FitResult",
     "PyroVAEError",
     "RunDirError",
+    "TrainingError",
     "fit",
     "load",
     "load_data",

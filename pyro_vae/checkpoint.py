@@ -11,8 +11,7 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -27,25 +26,32 @@ from .model import VAE
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.csv"
-
-# mkstemp creates files readable by the owner only; written files get the usual umask instead.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: Every file ``fit`` writes; ``--overwrite`` removes these and nothing else, ``config.json``
+#: last so that an interrupted removal still leaves a folder recognisable as a run.
+RUN_FILES = (
+    WEIGHTS_FILE,
+    METRICS_FILE,
+    "training_curve.png",
+    "samples.png",
+    "reconstructions.png",
+    CONFIG_FILE,
+)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Mode 0o666 lets the umask decide permissions, as for any other file the user writes.
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -78,6 +84,8 @@ def read_config(run_dir: str | os.PathLike) -> Config:
         If ``config.json`` is not valid JSON or not a compatible pyro_vae config.
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; give the --out of a 'fit' run")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; give the --out of a 'fit' run")
     path = run_dir / CONFIG_FILE
@@ -117,7 +125,13 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
             f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); "
             "retrain or restore the file"
         ) from None
-    vae = VAE.from_config(config)
+    try:
+        vae = VAE.from_config(config)
+    except (RuntimeError, MemoryError):  # e.g. an edited data_shape too large to allocate
+        raise CheckpointError(
+            f"the model described by {CONFIG_FILE} cannot be built in memory; the file was "
+            "edited or damaged, restore it"
+        ) from None
     try:
         vae.load_state_dict(state, strict=True)
     except RuntimeError:
@@ -128,12 +142,21 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
     return vae.to(device).eval()
 
 
+def is_run_dir(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a ``config.json`` with pyro_vae's format marker (any version)."""
+    try:
+        payload = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def check_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
     """Check, without touching the disk, that ``run_dir`` may receive a new run.
 
     A missing or empty folder is always fine. A non-empty one is refused unless ``overwrite``
-    is set *and* it holds a pyro_vae run (``config.json``): a folder of other files is never
-    deleted.
+    is set *and* it holds a pyro_vae run (a ``config.json`` with pyro_vae's format marker);
+    even then only the files of :data:`RUN_FILES` are replaced, other files stay.
 
     Raises
     ------
@@ -148,27 +171,29 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
             raise RunDirError(
                 f"--out {run_dir} is not empty; choose a new folder or add --overwrite"
             )
-        if not (run_dir / CONFIG_FILE).is_file():
+        if not is_run_dir(run_dir):
             raise RunDirError(
                 f"--out {run_dir} holds files that are not a pyro_vae run, which --overwrite "
                 "never deletes; choose a new or empty folder"
             )
     parent = run_dir if run_dir.is_dir() else _existing_parent(run_dir)
+    if not parent.is_dir():
+        raise RunDirError(f"--out {run_dir}: {parent} is a file, not a folder; fix the path")
     if not os.access(parent, os.W_OK):
         raise RunDirError(f"--out {run_dir}: {parent} is not writable; pick another folder")
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """:func:`check_run_dir`, then create ``run_dir`` (clearing the old run with ``overwrite``)."""
+    """:func:`check_run_dir`, then create ``run_dir``, removing an old run's files."""
     check_run_dir(run_dir, overwrite)
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     except OSError as err:
         raise RunDirError(
-            f"cannot create --out {run_dir} ({err.strerror}); pick another folder"
+            f"cannot prepare --out {run_dir} ({err.strerror}); pick another folder"
         ) from None
     return run_dir
 

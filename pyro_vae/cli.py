@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,19 @@ from .priors import PRIORS
 
 
 class _Command(click.Command):
-    """Turns every :class:`PyroVAEError` into a one-line ``Error: …`` and exit status 1."""
+    """Turns every :class:`PyroVAEError`, and the operating system's refusals (disk full,
+    permission denied), into a one-line ``Error: …`` and exit status 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except PyroVAEError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise click.ClickException(
+                f"{err.strerror or err}{where}; free space or choose a writable place"
+            ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -144,15 +151,19 @@ def sample(run_dir: str, num: int, seed: int, mean: bool, nrow: int, out: str) -
     from .errors import ConfigError
     from .plots import save_image_grid
 
+    # Range checks here rather than click.IntRange, whose usage errors span three lines.
     if num <= 0 or nrow <= 0:
         raise ConfigError("--num and --nrow must be positive integers")
-    if seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {seed}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
     suffix = Path(out).suffix.lower()
     if suffix not in (".png", ".npy"):
         raise ConfigError(f"--out {out} must end in .png (image grid) or .npy (array)")
-    if not Path(out).absolute().parent.is_dir():
+    folder = Path(out).absolute().parent
+    if not folder.is_dir():
         raise ConfigError(f"the folder of --out {out} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"the folder of --out {out} is not writable; choose another place")
     vae = load(run_dir)
     shape = vae.config.data_shape
     if suffix == ".png" and len(shape) != 2:

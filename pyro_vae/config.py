@@ -166,8 +166,10 @@ class Config:
         if self.contractive != 0:
             _positive_float("contractive", self.contractive, "--contractive")
         parse_corruption(self.corrupt)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not (
+            0 <= self.seed < 2**32
+        ):
+            raise ConfigError(f"--seed must be an integer in [0, 2^32), got {self.seed!r}")
         _choice("prior", self.prior, tuple(PRIORS), "--prior")
         _choice("likelihood", self.likelihood, tuple(LIKELIHOODS), "--likelihood")
         _choice("activation", self.activation, ACTIVATIONS, "--activation")
@@ -257,7 +259,8 @@ class Config:
         ------
         CheckpointError
             If ``payload`` is not a pyro_vae config, comes from an incompatible format version,
-            has unknown or missing keys, or holds invalid values.
+            has unknown keys, lacks ``data_shape``, or holds invalid values. Other missing keys
+            take their defaults, so configs written before an option existed still load.
         """
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CheckpointError(

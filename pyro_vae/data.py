@@ -3,7 +3,8 @@
 Named image datasets (Fashion-MNIST, MNIST, KMNIST) come through torchvision; a user's own data
 come as ``.npy`` (one array) or ``.npz`` (``x_train`` and optional ``x_test``, Keras's
 ``mnist.npz`` convention), shaped (N, H, W) or (N, D), as uint8 grey levels 0–255 or floats.
-Everything is flattened to (N, D) float32; uint8 is mapped to [0, 1] by dividing by 255.
+Everything is flattened to (N, D) float32; uint8 grey levels are mapped to [0, 1] by dividing by
+255, except integer arrays holding only 0 and 1, which are binary data and kept as 0.0/1.0.
 Minibatches are slices of that tensor on the training device: no per-image Python transforms.
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import zipfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +92,7 @@ def load_data(config: Config) -> Data:
     if name in NAMED_DATASETS:
         data = _load_named(name, config.data_dir)
     elif name.endswith((".npy", ".npz")) or os.path.exists(name):
-        data = _load_file(name)
+        data = _load_file(name, holdout=config.test_dataset is None)
     else:
         raise DataError(
             f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} "
@@ -102,10 +106,26 @@ def load_data(config: Config) -> Data:
                 f"have shape {data.data_shape}; give a test file matching the training data"
             )
         data.test, data.test_labels = test, test_labels
+    return prepare_data(data, config)
+
+
+def prepare_data(data: Data, config: Config) -> Data:
+    """Apply ``config.limit`` to ``data`` and check it with :func:`check_data`.
+
+    Returns a new :class:`Data`; ``data`` itself is left as it was.
+
+    Raises
+    ------
+    DataError
+        As :func:`check_data`.
+    """
     if config.limit is not None:
-        data.train = data.train[: config.limit]
-        if data.train_labels is not None:
-            data.train_labels = data.train_labels[: config.limit]
+        labels = data.train_labels
+        data = dataclasses.replace(
+            data,
+            train=data.train[: config.limit],
+            train_labels=labels[: config.limit] if labels is not None else None,
+        )
     check_data(data, config)
     return data
 
@@ -180,8 +200,14 @@ def _load_named(name: str, data_dir: str | None) -> Data:
                 f"({type(err).__name__}); get it with {hint}an online run that downloads it "
                 f"into --data-dir (or {DEFAULT_CACHE})"
             ) from None
-    train = cls(str(root), train=True, download=False)
-    test = cls(str(root), train=False, download=False)
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except (RuntimeError, ValueError, TypeError, OSError, AssertionError) as err:
+        raise DataError(
+            f"the {name} files in {Path(root) / cls.__name__} are damaged ({err}); delete that "
+            "folder and run again"
+        ) from None
     return Data(
         train=_to_float(train.data.numpy()),
         test=_to_float(test.data.numpy()),
@@ -199,8 +225,6 @@ def _has_raw(cls, root: Path) -> bool:
 
 def _torchvision_root(cls, folder: Path, extract_to: Path) -> Path | None:
     """A torchvision root holding ``folder``'s IDX files, extracting ``.gz`` files if needed."""
-    from torchvision.datasets.utils import extract_archive
-
     if _has_raw(cls, folder):
         return folder
     for base in (folder, folder / cls.__name__ / "raw"):
@@ -212,7 +236,7 @@ def _torchvision_root(cls, folder: Path, extract_to: Path) -> Path | None:
                 raw.mkdir(parents=True, exist_ok=True)
                 for f in _IDX_FILES:
                     if not (raw / f).is_file():
-                        extract_archive(str(base / f"{f}.gz"), str(raw))
+                        _extract_atomically(base / f"{f}.gz", raw)
             except OSError as err:
                 raise DataError(
                     f"cannot unpack {base} into {raw} ({err.strerror}); "
@@ -220,6 +244,20 @@ def _torchvision_root(cls, folder: Path, extract_to: Path) -> Path | None:
                 ) from None
             return extract_to
     return None
+
+
+def _extract_atomically(archive: Path, folder: Path) -> None:
+    """Unpack ``archive`` into ``folder`` via a scratch folder, so that an interrupted run
+    never leaves a truncated file under the final name."""
+    from torchvision.datasets.utils import extract_archive
+
+    scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=folder))
+    try:
+        extract_archive(str(archive), str(scratch))
+        for path in scratch.iterdir():
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _copy_raw(cls, base: Path, root: Path) -> Path:
@@ -237,7 +275,7 @@ def _copy_raw(cls, base: Path, root: Path) -> Path:
     return root
 
 
-def _load_file(path: str) -> Data:
+def _load_file(path: str, holdout: bool = True) -> Data:
     arrays = _read_arrays(path)
     if "x_train" not in arrays:
         raise DataError(f"{path} has no array x_train; save the training images as x_train")
@@ -252,6 +290,8 @@ def _load_file(path: str) -> Data:
             )
         test_labels = _check_labels(arrays.get("y_test"), test.shape[0], path)
         return Data(x, test, shape, labels, test_labels, source=path)
+    if not holdout:  # a separate test file will be read
+        return Data(x, x[:0], shape, labels, None, source=path)
     if x.shape[0] < 2:
         raise DataError(f"{path} holds {x.shape[0]} data point; give at least two")
     # A seeded 10% hold-out that does not depend on --seed, so runs share one test set.
@@ -317,12 +357,14 @@ def _check_array(x: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...
         )
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {x.shape}); give at least one data point")
+    if x.dtype.kind in "iub" and x.min() >= 0 and x.max() <= 1:
+        return torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), (
+            tuple(int(s) for s in x.shape[1:])
+        )  # binary data, 0/1, not grey levels 0/255 and 1/255
     if x.dtype.kind in "iu" and x.dtype != np.uint8:
         if x.min() < 0 or x.max() > 255:
             raise DataError(f"{what} holds integers outside 0-255; give uint8 grey levels")
         x = x.astype(np.uint8)
-    elif x.dtype.kind == "b":
-        x = x.astype(np.uint8) * 255
     elif x.dtype.kind not in "uf":
         raise DataError(f"{what} holds {x.dtype} values; give uint8 grey levels 0-255 or floats")
     if x.dtype.kind == "f":

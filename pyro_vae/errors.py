@@ -24,3 +24,7 @@ class RunDirError(PyroVAEError):
 
 class CheckpointError(PyroVAEError):
     """A checkpoint (``config.json`` or ``model.safetensors``) is unreadable or incompatible."""
+
+
+class TrainingError(PyroVAEError):
+    """Training cannot go on: the loss or a distribution's parameters became non-finite."""

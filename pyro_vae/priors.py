@@ -29,9 +29,10 @@ class Prior(nn.Module):
     def __init__(self, z_dim: int):
         super().__init__()
         self.z_dim = z_dim
-        # Buffers follow the module across devices, so the distribution lives where z does.
-        self.register_buffer("_zeros", torch.zeros(z_dim))
-        self.register_buffer("_ones", torch.ones(z_dim))
+        # Buffers follow the module across devices, so the distribution lives where z does;
+        # they are constants, so they stay out of checkpoints.
+        self.register_buffer("_zeros", torch.zeros(z_dim), persistent=False)
+        self.register_buffer("_ones", torch.ones(z_dim), persistent=False)
 
     @classmethod
     def from_config(cls, config: Config) -> "Prior":

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, plots
 from .config import Config
-from .data import Data, binarize, binarize_fixed, load_data
-from .errors import ConfigError
+from .data import Data, binarize, binarize_fixed, load_data, prepare_data
+from .errors import ConfigError, TrainingError
 from .model import VAE
 from .objectives import build_elbo, sampled_kl_sites
 from .priors import FlatPrior
@@ -100,11 +100,13 @@ def fit(
         ``metrics.csv``, ``training_curve.png``, and at the end ``samples.png`` and
         ``reconstructions.png`` for image data. Nothing is written when ``out`` is None.
     overwrite : bool
-        Replace an existing run in ``out``; folders of other files are never deleted.
+        Replace the run already in ``out`` (only its files; folders that are not pyro_vae
+        runs are refused).
     progress : bool
         Show a tqdm progress bar and a line per epoch.
     data : Data, optional
-        Data already in memory, instead of loading ``config.dataset``.
+        Data already in memory, instead of loading ``config.dataset``; ``config.limit`` and
+        the checks of :func:`pyro_vae.data.check_data` still apply.
 
     Returns
     -------
@@ -118,8 +120,10 @@ def fit(
     Raises
     ------
     ConfigError, DataError, RunDirError
-        For invalid options, data or output folders; all are raised before anything is
-        written, so a failed call leaves the disk as it was.
+        For invalid options, data or output folders, before anything in ``out`` changes.
+    TrainingError
+        If the loss becomes non-finite. An old run in ``out`` is only replaced once the first
+        epoch has trained, and the last completed epoch's checkpoint stays loadable.
     """
     config = (config or Config()).replace(**options)
     device = resolve_device(config.device)
@@ -127,52 +131,42 @@ def fit(
         checkpoint.check_run_dir(out, overwrite)
     if data is None:
         data = load_data(config)
+    else:
+        data = prepare_data(data, config)
+        config = config.replace(dataset=data.source or "in-memory data")
     config = config.replace(data_shape=data.data_shape)
+    # Parameters live in the modules; the param-store scope keeps Pyro's global store as it was.
+    with pyro.validation_enabled(True), pyro.get_param_store().scope():
+        return _fit(config, data, device, out, overwrite, progress)
+
+
+def _fit(config, data, device, out, overwrite, progress) -> FitResult:
     pyro.set_rng_seed(config.seed)
     vae = VAE.from_config(config).to(device)
     train_x, test_x = data.train.to(device), data.test.to(device)
     if config.binarization in ("dynamic", "static"):
         test_x = binarize_fixed(test_x)
     if config.binarization == "static":
-        train_x = binarize_fixed(train_x)
-    run_dir = checkpoint.prepare_run_dir(out, overwrite) if out is not None else None
+        train_x = binarize(train_x)  # one draw from the seeded RNG, kept for the whole run
 
     clip = {"clip_norm": config.clip_norm} if config.clip_norm is not None else None
     optim = pyro.optim.Adam({"lr": config.lr}, clip_args=clip)
     svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
     if config.elbo == "meanfield" and progress:
-        for site in sampled_kl_sites(vae.model, vae.guide, train_x[: config.batch_size]):
+        probe = train_x[: config.batch_size]
+        probe = binarize_fixed(probe) if config.binarization == "dynamic" else probe
+        for site in sampled_kl_sites(vae.model, vae.guide, probe):
             tqdm.write(f"meanfield: no closed-form KL for {site}; it is estimated by sampling")
     bits = vae.likelihood.discrete and config.guide != "delta"
-    n, rows = train_x.shape[0], []
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    run_dir, rows = None, []
     for epoch in range(1, config.epochs + 1):
         x_epoch = binarize(train_x) if config.binarization == "dynamic" else train_x
-        perm = torch.randperm(n, device=device)
-        vae.train()
-        total, start_time = 0.0, time.perf_counter()
-        with tqdm(
-            # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
-            total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img",
-            disable=None if progress else True,
-            leave=False, dynamic_ncols=True,
-        ) as bar:
-            for step, start in enumerate(range(0, n, config.batch_size)):
-                batch = x_epoch[perm[start : start + config.batch_size]]
-                vae.kl_weight = kl_weight(config, epoch, step, steps_per_epoch)
-                loss = svi.step(batch)
-                total += loss
-                bar.update(batch.shape[0])
-                if step % 20 == 0:
-                    bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - start_time
+        total, seconds = _train_epoch(svi, vae, x_epoch, config, epoch, progress)
         vae.eval()
         row = {
             "epoch": epoch,
-            "train_seconds": round(train_seconds, 3),
-            "train_neg_elbo": round(total / n, 4),
+            "train_seconds": round(seconds, 3),
+            "train_neg_elbo": round(total / train_x.shape[0], 4),
             "test_neg_elbo": round(neg_elbo(vae, test_x), 4),
         }
         if bits:
@@ -183,22 +177,66 @@ def fit(
         if progress:
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: train -ELBO {row['train_neg_elbo']:.2f}, "
-                f"test -ELBO {row['test_neg_elbo']:.2f} nats/image ({train_seconds:.1f} s)"
+                f"test -ELBO {row['test_neg_elbo']:.2f} nats/image ({seconds:.1f} s)"
             )
-        if run_dir is not None:
+        if out is not None:
+            if run_dir is None:  # the old run goes only once a new epoch is ready to replace it
+                run_dir = checkpoint.prepare_run_dir(out, overwrite)
             checkpoint.save(vae, run_dir)
             checkpoint.write_metrics(run_dir, rows)
             plots.save_training_curve(rows, run_dir / "training_curve.png")
-
     if run_dir is not None and data.is_image:
-        if not isinstance(vae.prior, FlatPrior):  # a flat prior has nothing to sample
-            samples = vae.sample(NUM_SAMPLES, mean=True)
-            plots.save_image_grid(samples, config.data_shape, run_dir / "samples.png")
-        per_row = min(8, test_x.shape[0])
-        count = min(NUM_RECONSTRUCTIONS, test_x.shape[0]) // per_row * per_row
-        seen = test_x[:count]
-        # When the model sees a binary draw of grey levels, show the grey levels above it.
-        grey = [data.test[:count].to(device)] if config.binarization in ("dynamic", "static") else []
-        grid = plots.interleave_rows([*grey, seen, vae.reconstruct(seen)], per_row)
-        plots.save_image_grid(grid, config.data_shape, run_dir / "reconstructions.png")
+        _save_pictures(vae, data, test_x, run_dir)
     return FitResult(vae, rows)
+
+
+def _train_epoch(svi, vae, x, config, epoch, progress) -> tuple[float, float]:
+    """One pass of SVI steps over a random permutation of x: (summed loss, wall seconds)."""
+    n = x.shape[0]
+    steps = math.ceil(n / config.batch_size)
+    perm = torch.randperm(n, device=x.device)
+    vae.train()
+    total, start_time = 0.0, time.perf_counter()
+    with tqdm(
+        # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
+        total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+        disable=None if progress else True, leave=False, dynamic_ncols=True,
+    ) as bar:
+        for step in range(steps):
+            batch = x[perm[step * config.batch_size : (step + 1) * config.batch_size]]
+            vae.kl_weight = kl_weight(config, epoch, step, steps)
+            try:
+                loss = svi.step(batch)
+            except ValueError as err:  # Pyro's validation: a parameter left its support
+                raise _diverged(epoch, step, str(err).splitlines()[0]) from None
+            if not math.isfinite(loss):
+                raise _diverged(epoch, step, f"the loss is {loss}")
+            total += loss
+            bar.update(batch.shape[0])
+            if step % 20 == 0:
+                bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return total, time.perf_counter() - start_time
+
+
+def _diverged(epoch: int, step: int, reason: str) -> TrainingError:
+    return TrainingError(
+        f"training diverged at epoch {epoch}, step {step + 1} ({reason}); lower --lr, add "
+        "--clip-norm, or check the likelihood's scale"
+    )
+
+
+def _save_pictures(vae: VAE, data: Data, test_x: torch.Tensor, run_dir: Path) -> None:
+    """``samples.png`` (unless the prior is flat) and ``reconstructions.png``."""
+    shape = vae.config.data_shape
+    if not isinstance(vae.prior, FlatPrior):  # a flat prior has nothing to sample
+        plots.save_image_grid(vae.sample(NUM_SAMPLES, mean=True), shape, run_dir / "samples.png")
+    per_row = min(8, test_x.shape[0])
+    count = min(NUM_RECONSTRUCTIONS, test_x.shape[0]) // per_row * per_row
+    seen = test_x[:count]
+    # When the model sees a binary draw of grey levels, show the grey levels above it.
+    binarized = vae.config.binarization in ("dynamic", "static")
+    grey = [data.test[:count].to(test_x.device)] if binarized else []
+    grid = plots.interleave_rows([*grey, seen, vae.reconstruct(seen)], per_row)
+    plots.save_image_grid(grid, shape, run_dir / "reconstructions.png")

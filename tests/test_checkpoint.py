@@ -127,3 +127,20 @@ def test_overwrite_replaces_runs_but_never_foreign_folders(saved, tmp_path):
     with pytest.raises(RunDirError, match="never deletes"):
         prepare_run_dir(foreign, overwrite=True)
     assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_config_describing_an_impossible_model_is_refused(saved):
+    run, _ = saved
+    payload = json.loads((run / CONFIG_FILE).read_text())
+    payload["config"]["data_shape"] = [100000, 100000]
+    (run / CONFIG_FILE).write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="cannot be built|does not match"):
+        load(run)
+
+
+def test_constant_buffers_stay_out_of_checkpoints(saved):
+    run, vae = saved
+    from safetensors.torch import load_file
+
+    names = set(load_file(run / WEIGHTS_FILE))
+    assert names == {n for n, _ in vae.named_parameters()}

@@ -236,3 +236,59 @@ def test_sample_refuses_bad_options(args, message, trained_run, tmp_path):
     result = run("sample", trained_run, *[a.format(t=tmp_path) for a in args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_the_old_run(trained_run, fmnist_npz,
+                                                                       tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    before = snapshot(run_copy)
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--lr", "1e6",
+                 "--out", run_copy, "--overwrite")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "training diverged at epoch 1" in lines[0], lines
+    assert snapshot(run_copy) == before, "the old run is replaced only after a good epoch"
+
+
+def test_overwrite_keeps_files_that_are_not_the_runs(trained_run, fmnist_npz, tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    (run_copy / "notes.md").write_text("my notes")
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--out", run_copy,
+                 "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "notes.md").read_text() == "my notes"
+
+
+def test_overwrite_refuses_a_project_with_its_own_config_json(fmnist_npz, tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my app"}')
+    (project / "src" / "main.c").write_text("int main() {}")
+    before = snapshot(project)
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--out", project, "--overwrite")
+    assert result.exit_code == 1 and "never deletes" in result.output
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("command", ["fit", "sample"])
+def test_seed_beyond_numpy_range_is_refused(command, trained_run, fmnist_npz, tmp_path):
+    if command == "fit":
+        args = ["fit", "--dataset", fmnist_npz, "--seed", 2**32, "--out", tmp_path / "r"]
+    else:
+        args = ["sample", trained_run, "--seed", 2**32, "--out", tmp_path / "g.png"]
+    result = run(*args)
+    assert result.exit_code == 1 and "[0, 2^32)" in result.output, result.output
+
+
+def test_out_below_a_file_is_refused_before_loading_data(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = run("fit", "--dataset", tmp_path / "missing.npy", "--out", tmp_path / "afile" / "run")
+    assert result.exit_code == 1 and "is a file" in result.output, result.output
+
+
+def test_sample_on_a_file_says_it_is_a_file(tmp_path):
+    (tmp_path / "run").write_text("x")
+    result = run("sample", tmp_path / "run", "--out", tmp_path / "g.png")
+    assert result.exit_code == 1 and "is a file" in result.output

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae import Config, DataError, data
+from pyro_vae import Config, Data, DataError, data
 from pyro_vae.data import DEBIAN_DIRS, load_data
 
 DEBIAN = DEBIAN_DIRS["fashion-mnist"]
@@ -91,3 +91,40 @@ def test_separate_test_file_and_limit(tmp_path):
 def test_limit_below_batch_size_is_refused(fmnist_npz):
     with pytest.raises(DataError, match="--batch-size"):
         load_data(Config(dataset=str(fmnist_npz), limit=100, batch_size=128))
+
+
+def test_a_separate_test_file_keeps_every_training_row(tmp_path):
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "train.npy", rng.integers(0, 256, (100, 8, 8), dtype=np.uint8))
+    np.save(tmp_path / "test.npy", rng.integers(0, 256, (30, 8, 8), dtype=np.uint8))
+    d = load_data(Config(dataset=str(tmp_path / "train.npy"), batch_size=10,
+                         test_dataset=str(tmp_path / "test.npy")))
+    assert d.train.shape == (100, 64) and d.test.shape == (30, 64)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_])
+def test_integer_zeros_and_ones_are_binary_data_not_grey_levels(tmp_path, dtype):
+    x = (np.random.default_rng(3).random((200, 6, 6)) > 0.5).astype(dtype)
+    np.save(tmp_path / "binary.npy", x)
+    d = load_data(Config(dataset=str(tmp_path / "binary.npy"), binarize="none", batch_size=10))
+    assert set(d.train.unique().tolist()) == {0.0, 1.0}
+
+
+def test_damaged_cached_files_name_the_folder_to_delete(no_system_data):
+    raw = no_system_data / "cache" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in DEBIAN.glob("*.gz"):
+        with gzip.open(f) as src:
+            (raw / f.name[:-3]).write_bytes(src.read()[:5000])  # truncated, as after a crash
+    with pytest.raises(DataError, match="damaged .*delete that folder"):
+        load_data(Config())
+
+
+def test_in_memory_data_are_checked_and_limited(fmnist_small):
+    from pyro_vae import fit
+
+    bad = Data(fmnist_small.train * 5, fmnist_small.test, (28, 28), source="scaled")
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        fit(data=bad, epochs=1, progress=False)
+    _, metrics = fit(data=fmnist_small, limit=256, epochs=1, hidden=(32,), progress=False)
+    assert len(metrics) == 1

@@ -71,3 +71,11 @@ def test_foundation_figure_full_fashion_mnist_10_epochs(fashion_mnist):
     _, metrics = fit(data=fashion_mnist, epochs=10, z_dim=20, hidden=(400,), batch_size=128,
                      seed=0, progress=False)
     assert metrics[-1]["test_neg_elbo"] <= 244.0, metrics[-1]
+
+
+def test_fit_leaves_pyros_param_store_as_it_was(fmnist_small):
+    store = pyro.get_param_store()
+    store.clear()
+    pyro.param("users_own", torch.ones(2))
+    fit(data=fmnist_small, epochs=1, hidden=(32,), progress=False)
+    assert list(store.keys()) == ["users_own"]
