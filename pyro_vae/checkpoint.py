@@ -85,7 +85,9 @@ def read_config(run_dir: str | os.PathLike) -> Config:
     """
     run_dir = Path(run_dir)
     if run_dir.is_file():
-        raise RunDirError(f"{run_dir} is a file, not a run directory; give the --out of a 'fit' run")
+        raise RunDirError(
+            f"{run_dir} is a file, not a run directory; give the --out of a 'fit' run"
+        )
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; give the --out of a 'fit' run")
     path = run_dir / CONFIG_FILE

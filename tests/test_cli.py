@@ -78,7 +78,10 @@ def test_help_documents_every_option():
     text = run("fit", "--help").output
     for flag in ["--dataset", "--test-dataset", "--data-dir", "--limit", "--binarize",
                  "--likelihood", "--obs-scale", "--prior", "--prior-scale", "--z-dim", "--hidden",
-                 "--epochs", "--batch-size", "--lr", "--seed", "--device", "--out", "--overwrite"]:
+                 "--epochs", "--batch-size", "--lr", "--seed", "--device", "--out", "--overwrite",
+                 "--guide", "--flows", "--prior-df", "--prior-components", "--arch", "--corrupt",
+                 "--contractive", "--elbo", "--particles", "--beta", "--kl-warmup", "--clip-norm",
+                 "--min-obs-scale"]:
         assert flag in text
     assert "--mean" in run("sample", "--help").output
 
@@ -238,8 +241,9 @@ def test_sample_refuses_bad_options(args, message, trained_run, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_diverging_training_stops_with_one_line_and_keeps_the_old_run(trained_run, fmnist_npz,
-                                                                       tmp_path):
+def test_diverging_training_stops_with_one_line_and_keeps_the_old_run(
+    trained_run, fmnist_npz, tmp_path
+):
     run_copy = tmp_path / "run"
     shutil.copytree(trained_run, run_copy)
     before = snapshot(run_copy)
@@ -292,3 +296,45 @@ def test_sample_on_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "run").write_text("x")
     result = run("sample", tmp_path / "run", "--out", tmp_path / "g.png")
     assert result.exit_code == 1 and "is a file" in result.output
+
+
+def test_model_family_options_train_from_the_cli(fmnist_npz, tmp_path):
+    out = tmp_path / "run"
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--prior", "mog",
+                 "--prior-components", 5, "--guide", "iaf", "--elbo", "iwae", "--particles", 3,
+                 "--likelihood", "categorical", "--arch", "conv", "--limit", 200, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["prior"], config["guide"], config["elbo"], config["arch"]) == (
+        "mog", "iaf", "iwae", "conv")
+    row = next(csv.DictReader(open(out / "metrics.csv")))
+    bits = float(row["test_bits_per_dim"])
+    assert abs(bits - float(row["test_neg_elbo"]) / (784 * np.log(2))) < 1e-4
+    assert 0 < bits < 8, "below the 8 bits of a uniform distribution over 256 levels"
+
+
+def test_meanfield_names_the_sites_it_samples(fmnist_npz, tmp_path):
+    result = run("fit", "--dataset", fmnist_npz, "--z-dim", 4, "--hidden", 32,
+                 "--batch-size", 100, "--epochs", 1, "--elbo", "meanfield", "--prior", "studentt",
+                 "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "meanfield: no closed-form KL for z (Normal guide, StudentT prior)" in result.output
+
+
+def test_plain_autoencoder_cannot_sample_and_says_so(fmnist_npz, tmp_path):
+    out = tmp_path / "run"
+    result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--guide", "delta",
+                 "--prior", "none", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert not (out / "samples.png").exists() and (out / "reconstructions.png").exists()
+    result = run("sample", out, "--out", tmp_path / "g.png")
+    assert result.exit_code == 1 and "flat prior" in result.output
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_refused_combination_is_one_line_from_the_cli(fmnist_npz, tmp_path):
+    result = run("fit", "--dataset", fmnist_npz, "--guide", "delta", "--elbo", "iwae",
+                 "--out", tmp_path / "run")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "point mass" in lines[0]
+    assert not (tmp_path / "run").exists()

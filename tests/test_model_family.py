@@ -1,4 +1,4 @@
-"""Every allowed prior × likelihood × guide × objective takes a real SVI step; the rest are refused."""
+"""One real SVI step for each allowed prior × likelihood × guide × objective; others refused."""
 
 import itertools
 import math

@@ -22,7 +22,8 @@ def _log_weights(vae, x, k):
         model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
     guide.compute_log_prob()
     model.compute_log_prob()
-    return model.nodes["z"]["log_prob"] + model.nodes["x"]["log_prob"] - guide.nodes["z"]["log_prob"]
+    log_joint = model.nodes["z"]["log_prob"] + model.nodes["x"]["log_prob"]
+    return log_joint - guide.nodes["z"]["log_prob"]
 
 
 def test_iwae_objective_is_the_per_image_importance_weighted_bound():
