@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pyro
+import torch
 
 from . import __version__
 from .config import ACTIVATIONS, ARCHS, BINARIZE_MODES, DEVICES, ELBOS, Config
@@ -58,25 +60,26 @@ def main() -> None:
                    "epoch; default), static (once), none (data already 0/1).")
 @click.option("--likelihood", type=click.Choice(tuple(LIKELIHOODS)), default="bernoulli",
               show_default=True, help="p(x|z).")
-@click.option("--obs-scale", type=float, default=0.1, show_default=True,
-              help="Fixed scale c of the normal (N(f(z), c²I)) and laplace likelihoods.")
-@click.option("--min-obs-scale", type=float, default=0.01, show_default=True,
-              help="Floor of the learned scale of normal-learned.")
+@click.option("--obs-scale", type=float,
+              help="Fixed scale c of the normal (N(f(z), c²I)) and laplace likelihoods "
+                   "[default: 0.1].")
+@click.option("--min-obs-scale", type=float,
+              help="Floor of the learned scale of normal-learned [default: 0.01].")
 @click.option("--prior", type=click.Choice(tuple(PRIORS)), default="normal", show_default=True,
               help="p(z): normal N(0, I), laplace (sparsity prior), studentt, mog (learned "
                    "mixture of Gaussians), vamp (VampPrior), flow (masked autoregressive flow), "
                    "none (flat; with --guide delta only).")
-@click.option("--prior-scale", type=float, default=1.0, show_default=True,
-              help="Scale b of the laplace prior (λ = 1/b).")
-@click.option("--prior-df", type=float, default=3.0, show_default=True,
-              help="Degrees of freedom of the studentt prior.")
-@click.option("--prior-components", type=int, default=50, show_default=True,
-              help="Components of the mog prior / pseudo-inputs of the vamp prior.")
+@click.option("--prior-scale", type=float,
+              help="Scale b of the laplace prior (λ = 1/b) [default: 1].")
+@click.option("--prior-df", type=float,
+              help="Degrees of freedom of the studentt prior [default: 3].")
+@click.option("--prior-components", type=int,
+              help="Components of the mog prior / pseudo-inputs of the vamp prior [default: 50].")
 @click.option("--guide", type=click.Choice(tuple(GUIDES)), default="normal", show_default=True,
               help="q(z|x): normal (diagonal Gaussian), iaf (Gaussian + inverse autoregressive "
                    "flows), delta (point mass: the deterministic autoencoder).")
-@click.option("--flows", type=int, default=2, show_default=True,
-              help="Flow layers of the iaf guide and of the flow prior.")
+@click.option("--flows", type=int,
+              help="Flow layers of the iaf guide and of the flow prior [default: 2].")
 @click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
               help="Networks: mlp, conv (images with sides divisible by 4), linear (one affine "
                    "map each way; with a normal likelihood, probabilistic PCA).")
@@ -93,13 +96,14 @@ def main() -> None:
               help="trace (Trace_ELBO), meanfield (analytic KL where known), iwae (IWAE bound, "
                    "RenyiELBO α=0).")
 @click.option("--particles", type=int, default=1, show_default=True,
-              help="Samples of z per image: R of the Monte Carlo ELBO, K of the IWAE bound.")
+              help="Samples of z per image: R of the Monte Carlo ELBO, K ≥ 2 of the IWAE bound.")
 @click.option("--beta", type=float, default=1.0, show_default=True,
               help="Weight of the KL term (β-VAE).")
 @click.option("--kl-warmup", type=int, default=0, show_default=True,
               help="Epochs over which the KL weight rises linearly from 0 to β.")
 @click.option("--clip-norm", type=float,
-              help="Clip each parameter's gradient to this norm.")
+              help="Clip the gradient of each parameter tensor to this norm (Pyro's clip_args; "
+                   "not one global norm).")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
@@ -152,18 +156,10 @@ def sample(run_dir: str, num: int, seed: int, mean: bool, nrow: int, out: str) -
     from .plots import save_image_grid
 
     # Range checks here rather than click.IntRange, whose usage errors span three lines.
-    if num <= 0 or nrow <= 0:
-        raise ConfigError("--num and --nrow must be positive integers")
+    _positive(num=num, nrow=nrow)
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".png", ".npy"):
-        raise ConfigError(f"--out {out} must end in .png (image grid) or .npy (array)")
-    folder = Path(out).absolute().parent
-    if not folder.is_dir():
-        raise ConfigError(f"the folder of --out {out} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"the folder of --out {out} is not writable; choose another place")
+    suffix = _check_out_file(out, (".png", ".npy"))
     vae = load(run_dir)
     shape = vae.config.data_shape
     if suffix == ".png" and len(shape) != 2:
@@ -178,6 +174,133 @@ def sample(run_dir: str, num: int, seed: int, mean: bool, nrow: int, out: str) -
         atomic_write_bytes(out, buffer.getvalue())
     kind = "means of p(x|z)" if mean else "draws x ~ p(x|z)"
     click.echo(f"wrote {num} {kind} to {out}")
+
+
+def _check_out_file(out: str, suffixes: tuple[str, ...]) -> str:
+    """The lower-case suffix of ``out`` after checking it names a writable file of that kind."""
+    from .errors import ConfigError
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in suffixes:
+        kinds = {".png": ".png (image grid)", ".npy": ".npy (array)", ".npz": ".npz (arrays)",
+                 ".json": ".json"}
+        raise ConfigError(f"{out} must end in {' or '.join(kinds[s] for s in suffixes)}")
+    folder = Path(out).absolute().parent
+    if not folder.is_dir():
+        raise ConfigError(f"the folder of {out} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"the folder of {out} is not writable; choose another place")
+    return suffix
+
+
+def _positive(**values) -> None:
+    from .errors import ConfigError
+
+    for flag, value in values.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+
+
+@main.command(cls=_Command)
+@click.argument("run_dir", type=click.Path())
+@click.option("--dataset",
+              help="Evaluate on this named dataset's test split, or on this file (the x_test of "
+                   "a .npz, else its x_train; a .npy array). Default: the run's own test set.")
+@click.option("--iwae-samples", type=int, default=1000, show_default=True,
+              help="K importance samples per image for the log-likelihood.")
+@click.option("--limit", type=int, help="Evaluate the first N images only.")
+@click.option("--batch-size", type=int, default=100, show_default=True, help="Images per pass.")
+@click.option("--proposal-scale", type=float,
+              help="Point-mass guides only: sample z ~ N(f(x), S²I) as the importance proposal.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Also write the figures to this JSON file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, seed, json_path,
+             quiet) -> None:
+    """Held-out -ELBO, importance-sampled log-likelihood, bits/dim, active units of RUN_DIR.
+
+    \b
+    The log-likelihood of each image is estimated as
+      log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k|x),  z_k ~ q(z|x)
+    (Burda et al. 2016), a lower bound that tightens as K grows; memory does not grow with K.
+    """
+    from .checkpoint import atomic_write_bytes, load
+    from .data import load_eval_data
+    from .errors import ConfigError
+    from .evaluate import evaluate as run_evaluation
+
+    _positive(iwae_samples=iwae_samples, limit=limit, batch_size=batch_size,
+              proposal_scale=proposal_scale)
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+    if json_path is not None:
+        _check_out_file(json_path, (".json",))
+    vae = load(run_dir)
+    x, _, source = load_eval_data(vae.config, dataset, limit)
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    result = run_evaluation(vae, x, iwae_samples=iwae_samples, batch_size=batch_size,
+                            proposal_scale=proposal_scale, progress=not quiet)
+    result.pop("nll_per_image")
+    result["dataset"] = source
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    bits = result["bits_per_dim"]
+    kl = result["kl_per_dim"]
+    lines = [
+        f"images            {result['num_images']} ({source})",
+        f"-ELBO             {result['neg_elbo']:.2f} nats/image "
+        f"(reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
+        f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/image "
+        f"(importance sampled, K = {iwae_samples})",
+        f"bits/dim          {bits:.4f}" if bits is not None else
+        "bits/dim          - (continuous likelihood: a density, not bits)",
+        f"active units      {result['active_units']} of {vae.z_dim} "
+        f"(Cov_x E[z_u|x] > 0.01)",
+        "KL per dim        " + (" ".join(f"{v:.2f}" for v in kl) if kl is not None else
+                                "- (needs a Gaussian guide and a factorised prior)"),
+    ]
+    click.echo("\n".join(lines))
+    if json_path is not None:
+        clean = {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
+        text = json.dumps(clean, indent=2, allow_nan=False) + "\n"
+        atomic_write_bytes(json_path, text.encode())
+        click.echo(f"wrote {json_path}")
+
+
+@main.command(cls=_Command)
+@click.argument("run_dir", type=click.Path())
+@click.option("--data", "dataset", required=True,
+              help="A named dataset (its test split) or a file: a .npy array, or the x_test of a "
+                   ".npz (else its x_train).")
+@click.option("--limit", type=int, help="Encode the first N images only.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="codes.npy for the posterior means (N, z_dim); codes.npz for arrays loc, "
+                   "scale (and labels when the data have them).")
+def encode(run_dir, dataset, limit, out) -> None:
+    """Posterior means (and scales) of q(z|x) for the images in --data.
+
+    Images are binarised exactly as the run's test set was, where the run binarised.
+    """
+    from .checkpoint import atomic_write_bytes, load
+    from .data import load_eval_data
+
+    _positive(limit=limit)
+    suffix = _check_out_file(out, (".npy", ".npz"))
+    vae = load(run_dir)
+    x, labels, source = load_eval_data(vae.config, dataset, limit)
+    loc, scale = zip(*(vae.encode(xb) for xb in x.split(1000)))
+    loc, scale = torch.cat(loc).numpy(), torch.cat(scale).numpy()
+    buffer = io.BytesIO()
+    if suffix == ".npy":
+        np.save(buffer, loc)
+    else:
+        arrays = {"loc": loc, "scale": scale}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        np.savez(buffer, **arrays)
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote codes of {loc.shape[0]} images ({source}), z_dim {loc.shape[1]}, to {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

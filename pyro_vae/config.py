@@ -24,6 +24,19 @@ DEVICES = ("auto", "cpu", "cuda")
 ARCHS = ("mlp", "conv", "linear")
 ELBOS = ("trace", "meanfield", "iwae")
 
+#: Options that belong to some choices of a part: option → (part, choices using it, default).
+#: Left as None they take the default; set for a part that does not use them, they are refused.
+PART_OPTIONS = {
+    "prior_scale": ("prior", ("laplace",), 1.0),
+    "prior_df": ("prior", ("studentt",), 3.0),
+    "prior_components": ("prior", ("mog", "vamp"), 50),
+    "obs_scale": ("likelihood", ("normal", "laplace"), 0.1),
+    "min_obs_scale": ("likelihood", ("normal-learned",), 0.01),
+    "flows": ("guide", ("iaf",), 2),  # and the flow prior, see Config.uses
+}
+#: Priors with parameters: with a point-mass guide they can grow log p(h) without bound.
+LEARNABLE_PRIORS = ("mog", "vamp", "flow")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -51,20 +64,24 @@ class Config:
         Hidden-layer non-linearity.
     prior : str
         Name in :data:`pyro_vae.priors.PRIORS`.
-    prior_scale : float
-        Scale b of the Laplace prior (λ = 1/b); the standard Normal prior ignores it.
-    prior_df : float
-        Degrees of freedom ν of the Student-t prior.
-    prior_components : int
-        K, the number of mixture components (``mog``) or pseudo-inputs (``vamp``).
-    flows : int
-        Number of flow layers of the ``iaf`` guide and of the ``flow`` prior.
+    prior_scale : float or None
+        Scale b of the ``laplace`` prior (λ = 1/b); default 1.
+    prior_df : float or None
+        Degrees of freedom ν of the ``studentt`` prior; default 3.
+    prior_components : int or None
+        K, the number of mixture components (``mog``) or pseudo-inputs (``vamp``); default 50.
+    flows : int or None
+        Number of flow layers of the ``iaf`` guide and of the ``flow`` prior; default 2.
     likelihood : str
         Name in :data:`pyro_vae.likelihoods.LIKELIHOODS`.
-    obs_scale : float
-        Fixed scale c of the ``normal`` (N(f(z), c²I)) and ``laplace`` likelihoods.
-    min_obs_scale : float
-        Floor of the decoder's scale for ``normal-learned``, against collapse.
+    obs_scale : float or None
+        Fixed scale c of the ``normal`` (N(f(z), c²I)) and ``laplace`` likelihoods; default 0.1.
+    min_obs_scale : float or None
+        Floor of the decoder's scale for ``normal-learned``, against collapse; default 0.01.
+
+        These part options are None unless given; :meth:`setting` resolves their defaults.
+        Given for a part that is not selected (``prior_df`` with the normal prior), they are
+        refused rather than silently ignored.
     guide : str
         Name in :data:`pyro_vae.guides.GUIDES`: ``normal``, ``iaf`` or ``delta``.
     arch : {"mlp", "conv", "linear"}
@@ -105,13 +122,13 @@ class Config:
     hidden: tuple[int, ...] = (400,)
     activation: str = "relu"
     prior: str = "normal"
-    prior_scale: float = 1.0
-    prior_df: float = 3.0
-    prior_components: int = 50
-    flows: int = 2
+    prior_scale: float | None = None
+    prior_df: float | None = None
+    prior_components: int | None = None
+    flows: int | None = None
     likelihood: str = "bernoulli"
-    obs_scale: float = 0.1
-    min_obs_scale: float = 0.01
+    obs_scale: float | None = None
+    min_obs_scale: float | None = None
     guide: str = "normal"
     arch: str = "mlp"
     corrupt: str | None = None
@@ -147,12 +164,12 @@ class Config:
         for width in self.hidden:
             _positive_int("hidden", width, "--hidden")
         _positive_float("lr", self.lr, "--lr")
-        _positive_float("prior_scale", self.prior_scale, "--prior-scale")
-        _positive_float("obs_scale", self.obs_scale, "--obs-scale")
-        _positive_float("min_obs_scale", self.min_obs_scale, "--min-obs-scale")
-        _positive_float("prior_df", self.prior_df, "--prior-df")
-        _positive_int("prior_components", self.prior_components, "--prior-components")
-        _positive_int("flows", self.flows, "--flows")
+        for name in ("prior_scale", "prior_df", "obs_scale", "min_obs_scale"):
+            if getattr(self, name) is not None:
+                _positive_float(name, getattr(self, name), _flag(name))
+        for name in ("prior_components", "flows"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), _flag(name))
         _positive_int("particles", self.particles, "--particles")
         _positive_float("beta", self.beta, "--beta")
         if not isinstance(self.kl_warmup, int) or isinstance(self.kl_warmup, bool) or (
@@ -177,6 +194,14 @@ class Config:
         _choice("guide", self.guide, tuple(GUIDES), "--guide")
         _choice("arch", self.arch, ARCHS, "--arch")
         _choice("elbo", self.elbo, ELBOS, "--elbo")
+        for name, (part, choices, _) in PART_OPTIONS.items():
+            if getattr(self, name) is not None and not self.uses(name):
+                users = f"--{part} {' or '.join(choices)}"
+                if name == "flows":
+                    users = "--guide iaf or --prior flow"
+                raise ConfigError(
+                    f"{_flag(name)} applies to {users} only; drop it or choose that {part}"
+                )
         self._check_combination()
         if self.likelihood == "bernoulli":
             if self.binarize is not None:
@@ -192,6 +217,18 @@ class Config:
             ):
                 raise ConfigError(f"data_shape must be positive integers, got {self.data_shape!r}")
 
+    def uses(self, name: str) -> bool:
+        """Whether the part option ``name`` (a key of :data:`PART_OPTIONS`) matters here."""
+        part, choices, _ = PART_OPTIONS[name]
+        if name == "flows" and self.prior == "flow":
+            return True
+        return getattr(self, part) in choices
+
+    def setting(self, name: str):
+        """The value of part option ``name``: as given, else its default."""
+        value = getattr(self, name)
+        return PART_OPTIONS[name][2] if value is None else value
+
     def _check_combination(self) -> None:
         """Refuse combinations of parts that define no sensible objective, saying why."""
         if self.elbo == "iwae" and self.guide == "delta":
@@ -203,6 +240,22 @@ class Config:
             raise ConfigError(
                 "a flat prior (--prior none) makes the ELBO of a stochastic guide unbounded; "
                 "use it with --guide delta (the plain autoencoder) or pick another prior"
+            )
+        if self.guide == "delta" and self.prior in ("mog", "flow"):
+            raise ConfigError(
+                f"with a point-mass guide the objective log p(x|h) + log p(h) has no entropy "
+                f"term, so the learnable --prior {self.prior} can raise log p(h) without bound; "
+                "use --guide normal or a fixed prior (normal, laplace, studentt)"
+            )
+        if self.elbo == "iwae" and self.particles < 2:
+            raise ConfigError(
+                "--elbo iwae with one particle is the ordinary ELBO; give --particles K ≥ 2 "
+                "(e.g. 5) or use --elbo trace"
+            )
+        if self.guide == "delta" and self.particles > 1:
+            raise ConfigError(
+                "a point-mass guide draws the same code every time, so --particles > 1 only "
+                "repeats work; drop --particles"
             )
         if self.prior == "vamp" and self.guide != "normal":
             raise ConfigError(
@@ -291,6 +344,10 @@ class Config:
             return cls(**body)
         except (ConfigError, TypeError) as err:
             raise CheckpointError(f"config.json holds an invalid value: {err}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _positive_int(name: str, value: object, flag: str) -> None:

@@ -132,24 +132,74 @@ def prepare_data(data: Data, config: Config) -> Data:
 
 def check_data(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
-    from .likelihoods import build_likelihood
-
-    for what, x in (("training data", data.train), ("test data", data.test)):
-        if x.shape[0] == 0:
-            raise DataError(f"the {what} from {data.source} are empty; give at least one image")
-        if not bool(torch.isfinite(x).all()):
-            raise DataError(
-                f"the {what} from {data.source} contain NaN or infinite values; "
-                "remove or impute them first"
-            )
-        build_likelihood(config).check_support(
-            x, f"the {what} from {data.source}", config.binarization
-        )
+    check_values(data.train, f"the training data from {data.source}", config)
+    check_values(data.test, f"the test data from {data.source}", config)
     if data.train.shape[0] < config.batch_size:
         raise DataError(
             f"only {data.train.shape[0]} training images but --batch-size is "
             f"{config.batch_size}; lower --batch-size or give more data"
         )
+
+
+def check_values(x: torch.Tensor, what: str, config: Config) -> None:
+    """Raise :class:`DataError` if ``x`` (N, D) is empty, non-finite, or outside the support
+    of the likelihood ``config`` names."""
+    from .likelihoods import build_likelihood
+
+    if x.shape[0] == 0:
+        raise DataError(f"{what} are empty; give at least one image")
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{what} contain NaN or infinite values; remove or impute them first")
+    build_likelihood(config).check_support(x, what, config.binarization)
+
+
+def load_eval_data(
+    config: Config, dataset: str | None = None, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Held-out data to evaluate or encode with the model that ``config`` describes.
+
+    Parameters
+    ----------
+    config : Config
+        The run's configuration (``data_shape`` set).
+    dataset : str, optional
+        A named dataset (its test split) or a file (a .npy array, or a .npz's ``x_test``, else
+        its ``x_train``). By default the run's own test set, split as in training.
+    limit : int, optional
+        Keep the first ``limit`` images.
+
+    Returns
+    -------
+    x, labels, source : Tensor, Tensor or None, str
+        (N, D) data, binarised once with :data:`TEST_BINARIZE_SEED` where the run binarised,
+        exactly as the test set was during training; their labels; a description.
+
+    Raises
+    ------
+    DataError
+        As :func:`load_data`, and if the data's shape differs from the run's.
+    """
+    if dataset is None:
+        data = load_data(config.replace(limit=None, batch_size=1))
+        x, labels, source = data.test, data.test_labels, f"the test set of {config.dataset}"
+    elif dataset in NAMED_DATASETS:
+        data = _load_named(dataset, config.data_dir)
+        x, labels, source = data.test, data.test_labels, f"the test split of {dataset}"
+        shape = data.data_shape
+    else:
+        x, labels, shape = _read_test_file(dataset)
+        source = dataset
+    if dataset is not None and shape != config.data_shape:
+        raise DataError(
+            f"{source} holds data of shape {shape} but the model was trained on "
+            f"{config.data_shape}; give data like the training data"
+        )
+    if limit is not None:
+        x, labels = x[:limit], labels[:limit] if labels is not None else None
+    check_values(x, source, config)
+    if config.binarization in ("dynamic", "static"):
+        x = binarize_fixed(x)
+    return x, labels, source
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -75,7 +75,8 @@ class IAFGuide(GaussianGuide):
     z₀ ~ N(μ(x), diag σ²(x)), z_k = μ_k(z_{k−1}, h) + σ_k(z_{k−1}, h) ⊙ z_{k−1}, where h are the
     encoder's features (Kingma et al. 2016, eq. 10–11, with the context h of their §4). Built
     from Pyro's ``ConditionalAffineAutoregressive``; sampling and the density of a sample are
-    one pass each. ``encode`` returns the Gaussian z₀'s parameters, not the flow's moments.
+    one pass each. ``encode`` returns the flowed base location f_K∘…∘f_1(μ(x)), the code the
+    decoder sees, and the base scale σ(x); the flow's own mean and spread have no closed form.
 
     Parameters
     ----------
@@ -94,7 +95,14 @@ class IAFGuide(GaussianGuide):
     @classmethod
     def from_config(cls, config: Config) -> "IAFGuide":
         body, features = build_encoder_body(config)
-        return cls(body, features, config.z_dim, config.flows)
+        return cls(body, features, config.z_dim, config.setting("flows"))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        loc, scale = self._gaussian(features)
+        for flow in self.flows:
+            loc = flow.condition(features)(loc)
+        return loc, scale
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         features = self.body(x)

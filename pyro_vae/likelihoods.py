@@ -98,7 +98,7 @@ class NormalLikelihood(Likelihood):
 
     @classmethod
     def from_config(cls, config: Config) -> "NormalLikelihood":
-        return cls(config.obs_scale)
+        return cls(config.setting("obs_scale"))
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Normal(params.squeeze(-1), self.scale).to_event(1)
@@ -140,7 +140,7 @@ class LearnedNormalLikelihood(Likelihood):
 
     @classmethod
     def from_config(cls, config: Config) -> "LearnedNormalLikelihood":
-        return cls(config.min_obs_scale)
+        return cls(config.setting("min_obs_scale"))
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = params.unbind(-1)
@@ -165,7 +165,7 @@ class LaplaceLikelihood(Likelihood):
 
     @classmethod
     def from_config(cls, config: Config) -> "LaplaceLikelihood":
-        return cls(config.obs_scale)
+        return cls(config.setting("obs_scale"))
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.Laplace(params.squeeze(-1), self.scale).to_event(1)

@@ -73,7 +73,7 @@ class LaplacePrior(Prior):
 
     @classmethod
     def from_config(cls, config: Config) -> "LaplacePrior":
-        return cls(config.z_dim, config.prior_scale)
+        return cls(config.z_dim, config.setting("prior_scale"))
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Laplace(self._zeros, self._ones * self.scale).to_event(1)
@@ -98,7 +98,7 @@ class StudentTPrior(Prior):
 
     @classmethod
     def from_config(cls, config: Config) -> "StudentTPrior":
-        return cls(config.z_dim, config.prior_df)
+        return cls(config.z_dim, config.setting("prior_df"))
 
     def forward(self) -> dist.TorchDistribution:
         return dist.StudentT(self._ones * self.df, self._zeros, self._ones).to_event(1)
@@ -127,7 +127,7 @@ class MixturePrior(Prior):
 
     @classmethod
     def from_config(cls, config: Config) -> "MixturePrior":
-        return cls(config.z_dim, config.prior_components)
+        return cls(config.z_dim, config.setting("prior_components"))
 
     def forward(self) -> dist.TorchDistribution:
         components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
@@ -160,7 +160,7 @@ class VampPrior(Prior):
 
     @classmethod
     def from_config(cls, config: Config, encoder: nn.Module | None = None) -> "VampPrior":
-        return cls(config.z_dim, config.input_dim, encoder, config.prior_components)
+        return cls(config.z_dim, config.input_dim, encoder, config.setting("prior_components"))
 
     def forward(self) -> dist.TorchDistribution:
         loc, scale = self.encoder.encode(self.pseudo_inputs)  # K x z_dim each
@@ -193,7 +193,7 @@ class FlowPrior(Prior):
 
     @classmethod
     def from_config(cls, config: Config) -> "FlowPrior":
-        return cls(config.z_dim, config.flows)
+        return cls(config.z_dim, config.setting("flows"))
 
     def forward(self) -> dist.TorchDistribution:
         base = dist.Normal(self._zeros, self._ones).to_event(1)

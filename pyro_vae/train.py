@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,11 +153,15 @@ def _fit(config, data, device, out, overwrite, progress) -> FitResult:
     clip = {"clip_norm": config.clip_norm} if config.clip_norm is not None else None
     optim = pyro.optim.Adam({"lr": config.lr}, clip_args=clip)
     svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
-    if config.elbo == "meanfield" and progress:
+    if config.elbo == "meanfield":
         probe = train_x[: config.batch_size]
         probe = binarize_fixed(probe) if config.binarization == "dynamic" else probe
         for site in sampled_kl_sites(vae.model, vae.guide, probe):
-            tqdm.write(f"meanfield: no closed-form KL for {site}; it is estimated by sampling")
+            message = f"meanfield: no closed-form KL for {site}; it is estimated by sampling"
+            if progress:
+                tqdm.write(message)
+            else:
+                warnings.warn(message, stacklevel=3)
     bits = vae.likelihood.discrete and config.guide != "delta"
     run_dir, rows = None, []
     for epoch in range(1, config.epochs + 1):

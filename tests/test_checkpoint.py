@@ -149,17 +149,19 @@ def test_constant_buffers_stay_out_of_checkpoints(saved):
 @pytest.mark.parametrize(
     "options",
     [
-        dict(prior="mog", guide="iaf", arch="conv", likelihood="categorical", flows=2),
-        dict(prior="vamp", likelihood="normal-learned", elbo="iwae", particles=3),
+        dict(prior="mog", guide="iaf", arch="conv", likelihood="categorical", flows=2,
+             prior_components=3),
+        dict(prior="vamp", likelihood="normal-learned", elbo="iwae", particles=3,
+             prior_components=3, min_obs_scale=0.05),
         dict(prior="flow", guide="normal", arch="linear", likelihood="continuous-bernoulli"),
         dict(prior="none", guide="delta", likelihood="laplace", corrupt="mask:0.3",
-             contractive=0.1, beta=0.5, kl_warmup=2, clip_norm=3.0),
+             contractive=0.1, beta=0.5, kl_warmup=2, clip_norm=3.0, obs_scale=0.2),
         dict(prior="studentt", prior_df=5.0, elbo="meanfield", particles=2),
     ],
 )
 def test_every_choice_round_trips_through_config_json(tmp_path, options):
     pyro.set_rng_seed(0)
-    config = Config(z_dim=4, hidden=(16,), prior_components=3, data_shape=(8, 8), **options)
+    config = Config(z_dim=4, hidden=(16,), data_shape=(8, 8), **options)
     vae = VAE.from_config(config)
     for p in vae.parameters():  # away from initialisation, so equality means loaded weights
         torch.nn.init.normal_(p, std=0.1)
@@ -172,3 +174,9 @@ def test_every_choice_round_trips_through_config_json(tmp_path, options):
     z = torch.randn(5, 4)
     assert torch.equal(vae.decode(z), loaded.decode(z))
     assert torch.equal(vae.prior().log_prob(z), loaded.prior().log_prob(z))
+    assert torch.equal(vae.encoder(x).log_prob(z), loaded.encoder(x).log_prob(z))
+    if config.prior != "none":
+        pyro.set_rng_seed(7)
+        first = vae.sample(3)
+        pyro.set_rng_seed(7)
+        assert torch.equal(first, loaded.sample(3)), "sampling (the flow's inverse) agrees too"

@@ -106,3 +106,35 @@ def test_denoising_guide_sees_corrupted_x_while_model_scores_clean_x(spec):
     vae.eval()
     vae.guide(x)
     assert torch.equal(seen[-1], x), "evaluation encodes the clean x"
+
+
+def test_iaf_encode_gives_the_flowed_code_the_decoder_sees():
+    torch.manual_seed(0)
+    vae = build("iaf", flows=2)
+    for flow in vae.encoder.flows:
+        for p in flow.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(3, 10)
+    q = vae.encoder(x)
+    code = q.base_dist.base_dist.loc
+    for transform in q.transforms:
+        code = transform(code)
+    loc, _ = vae.encode(x)
+    torch.testing.assert_close(loc, code)
+    assert not torch.allclose(loc, q.base_dist.base_dist.loc)
+    torch.testing.assert_close(vae.reconstruct(x), vae.decode(code))
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
+def test_contractive_penalty_is_counted_once_per_image_under_particles(elbo):
+    from pyro_vae.objectives import build_elbo
+
+    x = torch.rand(6, 10).bernoulli()
+    losses = []
+    for lam in (0.0, 0.7):
+        pyro.set_rng_seed(0)
+        vae = build("normal", elbo=elbo, particles=4, contractive=lam if lam else 0.0)
+        pyro.set_rng_seed(1)
+        losses.append(build_elbo(vae.config).loss(vae.model, vae.guide, x))
+    penalty = contractive_penalty(vae.encoder, x).sum().item()
+    assert math.isclose(losses[1] - losses[0], 0.7 * penalty, rel_tol=1e-4)
