@@ -303,5 +303,73 @@ def encode(run_dir, dataset, limit, out) -> None:
     click.echo(f"wrote codes of {loc.shape[0]} images ({source}), z_dim {loc.shape[1]}, to {out}")
 
 
+@main.command(cls=_Command)
+@click.argument("run_dir", type=click.Path())
+@click.option("--dataset", help="Images to diagnose: as for 'evaluate'. Default: the run's test set.")
+@click.option("--num-images", type=int, default=100, show_default=True,
+              help="Test images for the InferenceData and Pareto k-hat.")
+@click.option("--draws", type=int, default=100, show_default=True,
+              help="Draws of z ~ q(z|x) per image stored in posterior.nc.")
+@click.option("--psis-draws", type=int, default=1000, show_default=True,
+              help="Importance weights per image for Pareto k-hat.")
+@click.option("--nuts-images", type=int, default=4, show_default=True,
+              help="Images for the NUTS reference posterior (0 skips NUTS).")
+@click.option("--chains", type=int, default=4, show_default=True, help="NUTS chains.")
+@click.option("--warmup", type=int, default=400, show_default=True, help="NUTS warm-up steps.")
+@click.option("--nuts-samples", type=int, default=800, show_default=True,
+              help="NUTS draws per chain.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New or empty folder for the results.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chains, warmup,
+             nuts_samples, seed, out, quiet) -> None:
+    """Check the variational posterior of RUN_DIR with ArviZ.
+
+    \b
+    Writes into --out:
+      report.md            whether q(z|x) can be trusted, in words, with the figures
+      posterior.nc         InferenceData: posterior (z ~ q), prior, posterior_predictive,
+                           log_likelihood, observed_data (arviz.from_netcdf opens it)
+      khat.csv, khat.png   Pareto k-hat per image (Yao et al. 2018)
+      nuts.nc, nuts_summary.csv, guide_vs_nuts.csv, pairs_image*.png
+                           NUTS reference posterior, R-hat/ESS, guide beside NUTS
+      diagnostics.json     the summary figures
+    """
+    from .checkpoint import load
+    from .data import load_eval_data
+    from .diagnostics import check_diagnosable
+    from .diagnostics import diagnose as run_diagnostics
+    from .errors import ConfigError
+
+    _positive(num_images=num_images, draws=draws, psis_draws=psis_draws, chains=chains,
+              warmup=warmup, nuts_samples=nuts_samples)
+    if nuts_images < 0 or nuts_images > num_images:
+        raise ConfigError("--nuts-images must be between 0 and --num-images")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder; choose a new one")
+    vae = load(run_dir)
+    check_diagnosable(vae)
+    x, _, source = load_eval_data(vae.config, dataset, num_images)
+    folder.mkdir(parents=True, exist_ok=True)
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    summary = run_diagnostics(vae, x, folder, source=source, draws=draws, psis_draws=psis_draws,
+                              nuts_images=nuts_images, chains=chains, warmup=warmup,
+                              nuts_samples=nuts_samples, progress=not quiet)
+    word = "can be trusted" if summary["trusted"] else "should not be trusted"
+    nuts = (f"; NUTS max R-hat {summary['nuts_max_r_hat']:.3f}"
+            if "nuts_max_r_hat" in summary else "")
+    click.echo(
+        f"k-hat > 0.7 for {summary['frac_khat_above_0.7']:.1%} and > 0.5 for "
+        f"{summary['frac_khat_above_0.5']:.1%} of {summary['num_images']} images{nuts}; "
+        f"the variational posterior {word}. Report: {folder / 'report.md'} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

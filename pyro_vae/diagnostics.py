@@ -1,0 +1,406 @@
+"""Is the variational posterior right? Checks with ArviZ, after Yao, Vehtari, Simpson & Gelman
+(2018), "Yes, but did it work?".
+
+- **Pareto k̂.** For each image, the importance weights log p(x, z_s) − log q(z_s|x) of S draws
+  from the guide are fitted with a generalised Pareto tail by PSIS (``arviz.psislw``). k̂ < 0.5:
+  q is a good proposal for p(z|x); 0.5–0.7: usable; > 0.7: the importance-sampled estimates, and
+  q as an approximation, are unreliable for that image.
+- **Reference posterior.** For a few images, p(z|x) ∝ p(z) p(x|z) with the trained decoder fixed
+  is sampled with ``pyro.infer.MCMC`` and ``NUTS`` on the model itself, several chains started
+  from draws of q; R-hat and ESS (``arviz.summary``) say whether NUTS converged, and the guide's
+  means and standard deviations are set beside NUTS's.
+- **InferenceData.** Posterior draws of z from q for N images, prior draws, posterior-predictive
+  images, pointwise log-likelihoods and the observed images, in one ``arviz.InferenceData``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from matplotlib.figure import Figure
+from pyro.infer import MCMC, NUTS
+
+from .checkpoint import atomic_write_bytes
+from .errors import ConfigError
+from .evaluate import log_importance_weights
+from .guides import DeltaGuide
+from .model import VAE
+from .priors import FlatPrior
+
+with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import; we pin < 1.0
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+#: Yao et al. (2018): k̂ below 0.5 is good, 0.5–0.7 usable, above 0.7 unreliable.
+KHAT_GOOD, KHAT_BAD = 0.5, 0.7
+
+
+def check_diagnosable(vae: VAE) -> None:
+    """Raise :class:`ConfigError` for models whose posterior these checks cannot address."""
+    if isinstance(vae.encoder, DeltaGuide):
+        raise ConfigError(
+            "a point-mass guide (--guide delta) has no density, so neither Pareto k̂ nor a "
+            "comparison of spreads with NUTS is defined; diagnose a model with a stochastic guide"
+        )
+    if isinstance(vae.prior, FlatPrior):
+        raise ConfigError(
+            "under the flat prior (--prior none) p(z|x) need not be a proper distribution; "
+            "diagnose a model with a proper prior"
+        )
+
+
+@torch.no_grad()
+def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceData:
+    """q(z|x), p(z), p(x̃|z) and log p(x|z) for the images ``x`` (N, D) as InferenceData.
+
+    Groups and dimensions: ``posterior.z`` (chain, draw, image, latent) from the guide;
+    ``prior.z`` the same shape from p(z); ``posterior_predictive.x`` (chain, draw, image,
+    pixel), draws x̃ ~ p(x|z) in the likelihood's units; ``log_likelihood.x`` (chain, draw,
+    image), log p(x|z) in nats; ``observed_data.x`` (image, pixel). One chain of ``draws``.
+    """
+    vae.eval()
+    _, log_lik, z = log_importance_weights(vae, x, draws)  # (S, N), (S, N, z_dim)
+    predicted = vae.likelihood(vae.decoder(z)).sample()  # (S, N, D)
+    prior = vae.prior().sample((draws, x.shape[0]))
+    coords = {"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim),
+              "pixel": np.arange(x.shape[1])}
+
+    def group(name, value, dims, chain=True):
+        array = value.cpu().numpy()
+        return az.dict_to_dataset({name: array[None] if chain else array}, coords=coords,
+                                  dims={name: dims}, library=pyro, default_dims=[] if not chain
+                                  else None)
+
+    # One chain of independent draws is right here; ArviZ logs that it expects MCMC chains.
+    arviz_log = logging.getLogger("arviz")
+    level, arviz_log.level = arviz_log.level, logging.ERROR
+    try:
+        return az.InferenceData(
+            posterior=group("z", z, ["image", "latent"]),
+            prior=group("z", prior, ["image", "latent"]),
+            posterior_predictive=group("x", predicted, ["image", "pixel"]),
+            log_likelihood=group("x", log_lik, ["image"]),
+            observed_data=group("x", vae.likelihood.to_obs(x), ["image", "pixel"], chain=False),
+        )
+    finally:
+        arviz_log.setLevel(level)
+
+
+@torch.no_grad()
+def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250) -> np.ndarray:
+    """PSIS k̂ of the importance weights p(x, z)/q(z|x), z ~ q(z|x), per image: (N,).
+
+    Yao et al. (2018), §2.1, with ``arviz.psislw`` on ``draws`` weights per image.
+    """
+    log_w = torch.cat(
+        [log_importance_weights(vae, x, min(chunk, draws - k))[0] for k in range(0, draws, chunk)]
+    )  # (draws, N)
+    _, khat = az.psislw(log_w.T.cpu().numpy())
+    return np.asarray(khat)
+
+
+@torch.no_grad()
+def guide_moments(vae: VAE, x: torch.Tensor, draws: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of z under q(z|x) from ``draws`` samples: two (N, z_dim)."""
+    _, _, z = log_importance_weights(vae, x, draws)
+    return z.mean(0).cpu().numpy(), z.std(0).cpu().numpy()
+
+
+def nuts_reference(
+    vae: VAE,
+    x: torch.Tensor,
+    chains: int = 4,
+    warmup: int = 300,
+    samples: int = 300,
+    progress: bool = True,
+) -> az.InferenceData:
+    """Draws from p(z|x) ∝ p(z) p(x|z), decoder fixed, by NUTS (Hoffman & Gelman 2014).
+
+    Runs ``pyro.infer.MCMC`` with ``NUTS`` on the model itself for the images ``x`` (M, D)
+    jointly (their posteriors are independent), ``chains`` chains each started from a draw of
+    q(z|x). Returns InferenceData with ``posterior.z`` (chain, draw, image, latent) and NUTS's
+    ``sample_stats``.
+    """
+    vae.eval()
+    start = {"z": vae.encoder(x).sample((chains,)).detach()}  # (chains, M, z_dim)
+    kernel = NUTS(vae.model, jit_compile=True, ignore_jit_warnings=True)
+    with warnings.catch_warnings():  # on few cores Pyro runs the chains one after another
+        warnings.filterwarnings("ignore", message="num_chains=")
+        mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=chains,
+                    initial_params=start, disable_progbar=not (progress and sys.stderr.isatty()))
+    with _frozen(vae):
+        mcmc.run(x)
+    return az.from_pyro(mcmc, log_likelihood=False, dims={"z": ["image", "latent"]},
+                        coords={"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim)})
+
+
+@contextlib.contextmanager
+def _frozen(vae: VAE):
+    """The networks as constants: NUTS needs gradients with respect to z only."""
+    flags = [p.requires_grad for p in vae.parameters()]
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(vae.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def compare_with_nuts(nuts: az.InferenceData, q_mean: np.ndarray, q_std: np.ndarray):
+    """Guide against NUTS per image and latent unit.
+
+    Returns rows (dicts) with NUTS's and the guide's mean and sd, the standardised difference
+    (μ_q − μ_NUTS)/σ_NUTS and the ratio σ_q/σ_NUTS (below 1: the guide is too narrow, the usual
+    failure of KL(q‖p) fits, Blei et al. 2017 §5), plus NUTS's R-hat and bulk ESS.
+    """
+    summary = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
+    draws = nuts.posterior["z"].values  # chain, draw, image, latent
+    flat = draws.reshape(-1, *draws.shape[2:])
+    nuts_mean, nuts_std = flat.mean(0), flat.std(0)
+    rows = []
+    for i in range(nuts_mean.shape[0]):
+        for u in range(nuts_mean.shape[1]):
+            stats = summary.loc[f"z[{i}, {u}]"]
+            rows.append({
+                "image": i, "latent": u,
+                "nuts_mean": float(nuts_mean[i, u]), "nuts_sd": float(nuts_std[i, u]),
+                "guide_mean": float(q_mean[i, u]), "guide_sd": float(q_std[i, u]),
+                "std_diff": float((q_mean[i, u] - nuts_mean[i, u]) / nuts_std[i, u]),
+                "sd_ratio": float(q_std[i, u] / nuts_std[i, u]),
+                "r_hat": float(stats["r_hat"]), "ess_bulk": float(stats["ess_bulk"]),
+            })
+    return rows
+
+
+def verdict(khat: np.ndarray, rows: list[dict] | None) -> tuple[bool, str]:
+    """Whether the variational posterior can be trusted, and why, in words."""
+    bad, usable = float(np.mean(khat > KHAT_BAD)), float(np.mean(khat > KHAT_GOOD))
+    reasons = []
+    trusted = bad <= 0.1
+    if bad > 0.1:
+        reasons.append(f"k̂ > 0.7 for {bad:.0%} of the images: for them q(z|x) misses mass that "
+                       "p(z|x) has, and importance-sampled log-likelihoods are unreliable")
+    elif usable > 0.1:
+        reasons.append(f"k̂ is between 0.5 and 0.7 for {usable - bad:.0%} of the images and above "
+                       f"0.7 for {bad:.0%}: usable, with noisier importance-sampled estimates")
+    else:
+        reasons.append(f"k̂ < 0.5 for {1 - usable:.0%} of the images: q(z|x) is a good "
+                       "importance proposal for p(z|x)")
+    if rows:
+        rhat = max(r["r_hat"] for r in rows)
+        shift = float(np.mean([abs(r["std_diff"]) for r in rows]))
+        ratio = float(np.median([r["sd_ratio"] for r in rows]))
+        if rhat > 1.01:
+            reasons.append(f"NUTS did not converge (max R-hat {rhat:.3f} > 1.01), so the "
+                           "comparison with it is not conclusive; run more --nuts-samples")
+        else:
+            reasons.append(f"against NUTS (max R-hat {rhat:.3f}) the guide's means are off by "
+                           f"{shift:.2f} posterior sds on average and its sds are {ratio:.2f}× "
+                           "NUTS's (median)")
+            if shift > 0.5 or not 0.5 <= ratio <= 2.0:
+                trusted = False
+    return trusted, "; ".join(reasons) + "."
+
+
+def save_khat_histogram(khat: np.ndarray, path) -> None:
+    """Histogram of k̂ with the 0.5 and 0.7 thresholds marked, as a PNG."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(khat, bins=30, color="tab:blue", alpha=0.8)
+    for threshold, style in ((KHAT_GOOD, "--"), (KHAT_BAD, ":")):
+        ax.axvline(threshold, color="black", linestyle=style, label=f"k̂ = {threshold}")
+    ax.set_xlabel("Pareto k̂ of the importance weights")
+    ax.set_ylabel("images")
+    ax.legend()
+    _save(fig, path)
+
+
+def save_pair_plot(nuts: az.InferenceData, q_draws: np.ndarray, image: int, path,
+                   units: int = 4) -> None:
+    """Pairs of the first ``units`` latent units of one image: NUTS (grey) over q (orange)."""
+    ref = nuts.posterior["z"].values[:, :, image].reshape(-1, nuts.posterior["z"].shape[-1])
+    units = min(units, ref.shape[1])
+    fig = Figure(figsize=(2.2 * units, 2.2 * units), layout="constrained")
+    axes = fig.subplots(units, units, squeeze=False)
+    for a in range(units):
+        for b in range(units):
+            ax = axes[a][b]
+            if a == b:
+                ax.hist(ref[:, a], bins=30, density=True, color="grey", alpha=0.6)
+                ax.hist(q_draws[:, a], bins=30, density=True, color="tab:orange", alpha=0.5)
+            else:
+                ax.scatter(ref[:, b], ref[:, a], s=2, color="grey", alpha=0.4)
+                ax.scatter(q_draws[:, b], q_draws[:, a], s=2, color="tab:orange", alpha=0.3)
+            if a == units - 1:
+                ax.set_xlabel(f"z[{b}]")
+            if b == 0:
+                ax.set_ylabel(f"z[{a}]")
+    fig.suptitle(f"image {image}: NUTS (grey) and the guide q(z|x) (orange)")
+    _save(fig, path)
+
+
+def _save(fig: Figure, path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def diagnose(
+    vae: VAE,
+    x: torch.Tensor,
+    out_dir,
+    source: str = "",
+    draws: int = 100,
+    psis_draws: int = 1000,
+    nuts_images: int = 4,
+    chains: int = 4,
+    warmup: int = 400,
+    nuts_samples: int = 800,
+    progress: bool = True,
+) -> dict:
+    """Run every check on the images ``x`` (N, D) and write the results into ``out_dir``.
+
+    Writes ``posterior.nc`` (:func:`inference_data`), ``khat.csv`` and ``khat.png``
+    (:func:`pareto_khat`), and for the first ``nuts_images`` images ``nuts.nc``,
+    ``nuts_summary.csv`` (``arviz.summary``: R-hat, ESS), ``guide_vs_nuts.csv``
+    (:func:`compare_with_nuts`) and ``pairs_image{i}.png``; then ``diagnostics.json`` and a
+    Markdown ``report.md`` that states whether the variational posterior can be trusted.
+
+    Returns
+    -------
+    dict
+        The contents of ``diagnostics.json``: k̂ fractions, NUTS convergence, the comparison's
+        averages and the verdict.
+
+    Raises
+    ------
+    ConfigError
+        For point-mass guides and flat priors (:func:`check_diagnosable`).
+    """
+    check_diagnosable(vae)
+    out = Path(out_dir)
+    idata = inference_data(vae, x, draws)
+    _save_netcdf(idata, out / "posterior.nc")
+    khat = pareto_khat(vae, x, psis_draws)
+    table = "image,khat\n" + "".join(f"{i},{k:.4f}\n" for i, k in enumerate(khat))
+    atomic_write_bytes(out / "khat.csv", table.encode())
+    save_khat_histogram(khat, out / "khat.png")
+    summary = {
+        "num_images": int(x.shape[0]),
+        "psis_draws": psis_draws,
+        "khat_median": float(np.median(khat)),
+        "khat_max": float(np.max(khat)),
+        "frac_khat_above_0.5": float(np.mean(khat > KHAT_GOOD)),
+        "frac_khat_above_0.7": float(np.mean(khat > KHAT_BAD)),
+    }
+    rows = None
+    if nuts_images > 0:
+        xs = x[:nuts_images]
+        nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress)
+        _save_netcdf(nuts, out / "nuts.nc")
+        buffer = io.StringIO()
+        az.summary(nuts, var_names=["z"]).to_csv(buffer)
+        atomic_write_bytes(out / "nuts_summary.csv", buffer.getvalue().encode())
+        q_mean, q_std = guide_moments(vae, xs)
+        rows = compare_with_nuts(nuts, q_mean, q_std)
+        header = list(rows[0])
+        lines = [",".join(header)] + [",".join(f"{r[h]:.6g}" for h in header) for r in rows]
+        atomic_write_bytes(out / "guide_vs_nuts.csv", ("\n".join(lines) + "\n").encode())
+        q_draws = log_importance_weights(vae, xs, 1000)[2].cpu().numpy()  # (1000, M, z_dim)
+        for i in range(xs.shape[0]):
+            save_pair_plot(nuts, q_draws[:, i], i, out / f"pairs_image{i}.png")
+        summary.update({
+            "nuts_images": int(xs.shape[0]),
+            "nuts_chains": chains,
+            "nuts_draws_per_chain": nuts_samples,
+            "nuts_max_r_hat": max(r["r_hat"] for r in rows),
+            "nuts_min_ess_bulk": min(r["ess_bulk"] for r in rows),
+            "nuts_divergences": int(nuts.sample_stats["diverging"].sum()),
+            "mean_abs_std_diff": float(np.mean([abs(r["std_diff"]) for r in rows])),
+            "median_sd_ratio": float(np.median([r["sd_ratio"] for r in rows])),
+        })
+    trusted, reasons = verdict(khat, rows)
+    summary.update({"trusted": trusted, "verdict": reasons})
+    atomic_write_bytes(out / "diagnostics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "report.md", _report(vae, source, summary, rows).encode())
+    return summary
+
+
+def _save_netcdf(idata: az.InferenceData, path: Path) -> None:
+    """``InferenceData.to_netcdf`` into a temporary name, then rename: never a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    tmp.replace(path)
+
+
+def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
+    c = vae.config
+    word = "can be trusted" if s["trusted"] else "should not be trusted"
+    lines = [
+        "# Posterior diagnostics",
+        "",
+        f"Model: prior `{c.prior}`, guide `{c.guide}`, likelihood `{c.likelihood}`, "
+        f"z-dim {c.z_dim}. Data: {s['num_images']} images, {source}.",
+        "",
+        f"**The variational posterior {word} for this model:** {s['verdict']}",
+        "",
+        "## Pareto k̂ of the importance weights",
+        "",
+        f"{s['psis_draws']} draws z ~ q(z|x) per image; weights p(x, z)/q(z|x), smoothed by PSIS "
+        "(Yao, Vehtari, Simpson & Gelman 2018). k̂ < 0.5 good, 0.5–0.7 usable, > 0.7 unreliable.",
+        "",
+        f"- median k̂ {s['khat_median']:.2f}, largest {s['khat_max']:.2f}",
+        f"- above 0.5: {s['frac_khat_above_0.5']:.1%} of images; above 0.7: "
+        f"{s['frac_khat_above_0.7']:.1%}",
+        "",
+        "![k̂ histogram](khat.png)",
+        "",
+        "Per image: [khat.csv](khat.csv).",
+    ]
+    if rows:
+        lines += [
+            "",
+            "## Reference posterior by NUTS",
+            "",
+            f"p(z|x) ∝ p(z) p(x|z) with the trained decoder fixed, for {s['nuts_images']} "
+            f"images: {s['nuts_chains']} chains × {s['nuts_draws_per_chain']} draws "
+            f"(pyro.infer.MCMC + NUTS). Largest R-hat {s['nuts_max_r_hat']:.3f}, smallest bulk "
+            f"ESS {s['nuts_min_ess_bulk']:.0f}, {s['nuts_divergences']} divergent transitions.",
+            "",
+            f"The guide's means differ from NUTS's by {s['mean_abs_std_diff']:.2f} posterior "
+            f"standard deviations on average; its standard deviations are "
+            f"{s['median_sd_ratio']:.2f}× NUTS's (median; below 1 means too narrow).",
+            "",
+            "| image | latent | NUTS mean | NUTS sd | guide mean | guide sd | R-hat | ESS |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['image']} | {r['latent']} | {r['nuts_mean']:.3f} | {r['nuts_sd']:.3f} | "
+            f"{r['guide_mean']:.3f} | {r['guide_sd']:.3f} | {r['r_hat']:.3f} | "
+            f"{r['ess_bulk']:.0f} |"
+            for r in rows[: min(len(rows), 2 * vae.z_dim)]
+        ]
+        lines += ["", "All rows: [guide_vs_nuts.csv](guide_vs_nuts.csv); ArviZ summary: "
+                      "[nuts_summary.csv](nuts_summary.csv).", ""]
+        lines += [f"![pairs, image {i}](pairs_image{i}.png)" for i in range(s["nuts_images"])]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `posterior.nc`: `arviz.from_netcdf` opens it; groups posterior (z ~ q(z|x)), prior, "
+        "posterior_predictive, log_likelihood, observed_data.",
+        "- `nuts.nc`: the NUTS draws and sample statistics." if rows else "",
+        "- `diagnostics.json`: the figures above.",
+        "",
+    ]
+    return "\n".join(lines)
