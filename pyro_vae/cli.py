@@ -140,40 +140,93 @@ def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
     )
 
 
+MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold", "latents")
+_DEFAULT_NUM = {"prior": 64, "reconstruct": 32, "interpolate": 8, "traverse": 1,
+                "manifold": 15, "latents": 2000}
+
+
 @main.command(cls=_Command)
 @click.argument("run_dir", type=click.Path())
-@click.option("--num", type=int, default=64, show_default=True, help="Number of draws.")
+@click.option("--mode", type=click.Choice(MODES), default="prior", show_default=True,
+              help="prior: z ~ p(z), x ~ p(x|z); reconstruct: test images above their "
+                   "reconstructions; interpolate: decoded line between two encodings; traverse: "
+                   "one latent unit varied per row; manifold: decoded grid over the prior's "
+                   "quantiles (z-dim 2); latents: map of posterior means coloured by label.")
+@click.option("--num", type=int,
+              help="prior: draws [64]; reconstruct: images [32]; interpolate: pairs [8]; "
+                   "traverse: the image's index [first]; manifold: grid side [15]; latents: "
+                   "images [2000].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mean", is_flag=True,
-              help="Write the mean of p(x|z) (e.g. pixel probabilities) instead of a draw of x.")
-@click.option("--nrow", type=int, default=8, show_default=True, help="Images per grid row.")
+              help="prior mode: the mean of p(x|z) (e.g. pixel probabilities) instead of a draw.")
+@click.option("--nrow", type=int, default=8, show_default=True,
+              help="Images per grid row (prior and reconstruct).")
+@click.option("--dataset", help="Images for the modes that need them: as for 'evaluate'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Output: .png for an image grid, .npy for the (num, ...) array.")
-def sample(run_dir: str, num: int, seed: int, mean: bool, nrow: int, out: str) -> None:
-    """Draw z ~ p(z) and x ~ p(x|z) from the model in RUN_DIR."""
+              help="A .png picture; in prior mode also .npy for the (num, ...) array.")
+def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
+    """Pictures of what the model in RUN_DIR learned; by default draws z ~ p(z), x ~ p(x|z)."""
+    from . import plots
     from .checkpoint import atomic_write_bytes, load
+    from .data import binarize_fixed, class_names, load_eval_data
     from .errors import ConfigError
-    from .plots import save_image_grid
 
     # Range checks here rather than click.IntRange, whose usage errors span three lines.
     _positive(num=num, nrow=nrow)
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
-    suffix = _check_out_file(out, (".png", ".npy"))
+    suffix = _check_out_file(out, (".png", ".npy") if mode == "prior" else (".png",))
     vae = load(run_dir)
     shape = vae.config.data_shape
-    if suffix == ".png" and len(shape) != 2:
+    if suffix == ".png" and mode != "latents" and len(shape) != 2:
         raise ConfigError(f"the data have shape {shape}, not images; use --out FILE.npy")
+    if mode == "manifold" and vae.z_dim != 2:
+        raise ConfigError(f"--mode manifold needs a model with --z-dim 2; this one has {vae.z_dim}")
+    num = num or _DEFAULT_NUM[mode]
     pyro.set_rng_seed(seed)
-    x = vae.sample(num, mean=mean)
-    if suffix == ".png":
-        save_image_grid(x, shape, out, nrow=nrow)
+    if mode == "prior":
+        x = vae.sample(num, mean=mean)
+        if suffix == ".npy":
+            buffer = io.BytesIO()
+            np.save(buffer, x.reshape(num, *shape).numpy())
+            atomic_write_bytes(out, buffer.getvalue())
+        else:
+            plots.save_image_grid(x, shape, out, nrow=nrow)
+        kind = "means of p(x|z)" if mean else "draws x ~ p(x|z)"
+        click.echo(f"wrote {num} {kind} to {out}")
+        return
+    if mode == "manifold":
+        plots.save_image_grid(plots.manifold_grid(vae, num), shape, out, nrow=num)
+        click.echo(f"wrote the decoded {num}×{num} grid over the prior's quantiles to {out}")
+        return
+    wanted = {"reconstruct": num, "interpolate": 2 * num, "traverse": num, "latents": num}[mode]
+    grey, labels, source = load_eval_data(vae.config, dataset, wanted, binarized=False)
+    seen = binarize_fixed(grey) if vae.config.binarization in ("dynamic", "static") else grey
+    if mode == "latents":
+        codes = torch.cat([vae.encode(xb)[0] for xb in seen.split(1000)])
+        plots.save_latent_map(codes, labels, out, class_names(dataset or vae.config.dataset))
+        click.echo(f"wrote the map of {codes.shape[0]} posterior means ({source}) to {out}")
+        return
+    if mode == "reconstruct":
+        count = min(num, grey.shape[0]) // nrow * nrow or grey.shape[0]
+        per_row = min(nrow, count)
+        rows = [grey[:count], vae.reconstruct(seen[:count])]
+        plots.save_image_grid(plots.interleave_rows(rows, per_row), shape, out, nrow=per_row)
+        click.echo(f"wrote {count} test images above their reconstructions to {out}")
+    elif mode == "interpolate":
+        pairs = grey.shape[0] // 2
+        if pairs == 0:
+            raise ConfigError("--mode interpolate needs at least two images")
+        grid = plots.interpolation_grid(vae, seen[:pairs], seen[pairs : 2 * pairs], steps=8,
+                                        shown_a=grey[:pairs], shown_b=grey[pairs : 2 * pairs])
+        plots.save_image_grid(grid, shape, out, nrow=10)
+        click.echo(f"wrote interpolations between {pairs} pairs of test images to {out}")
     else:
-        buffer = io.BytesIO()
-        np.save(buffer, x.reshape(num, *shape).numpy())
-        atomic_write_bytes(out, buffer.getvalue())
-    kind = "means of p(x|z)" if mean else "draws x ~ p(x|z)"
-    click.echo(f"wrote {num} {kind} to {out}")
+        index = min(num, grey.shape[0]) - 1
+        grid = plots.traversal_grid(vae, seen[index : index + 1])
+        plots.save_image_grid(grid, shape, out, nrow=9)
+        click.echo(f"wrote traversals of {vae.z_dim} latent units around test image {index} "
+                   f"to {out}")
 
 
 def _check_out_file(out: str, suffixes: tuple[str, ...]) -> str:
@@ -305,7 +358,8 @@ def encode(run_dir, dataset, limit, out) -> None:
 
 @main.command(cls=_Command)
 @click.argument("run_dir", type=click.Path())
-@click.option("--dataset", help="Images to diagnose: as for 'evaluate'. Default: the run's test set.")
+@click.option("--dataset",
+              help="Images to diagnose: as for 'evaluate'. Default: the run's test set.")
 @click.option("--num-images", type=int, default=100, show_default=True,
               help="Test images for the InferenceData and Pareto k-hat.")
 @click.option("--draws", type=int, default=100, show_default=True,

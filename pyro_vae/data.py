@@ -154,7 +154,7 @@ def check_values(x: torch.Tensor, what: str, config: Config) -> None:
 
 
 def load_eval_data(
-    config: Config, dataset: str | None = None, limit: int | None = None
+    config: Config, dataset: str | None = None, limit: int | None = None, binarized: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """Held-out data to evaluate or encode with the model that ``config`` describes.
 
@@ -167,6 +167,8 @@ def load_eval_data(
         its ``x_train``). By default the run's own test set, split as in training.
     limit : int, optional
         Keep the first ``limit`` images.
+    binarized : bool
+        Binarise as below; ``False`` keeps the grey levels (for pictures).
 
     Returns
     -------
@@ -197,9 +199,18 @@ def load_eval_data(
     if limit is not None:
         x, labels = x[:limit], labels[:limit] if labels is not None else None
     check_values(x, source, config)
-    if config.binarization in ("dynamic", "static"):
+    if binarized and config.binarization in ("dynamic", "static"):
         x = binarize_fixed(x)
     return x, labels, source
+
+
+def class_names(dataset: str) -> list[str] | None:
+    """The class names of a named dataset (torchvision's), else None."""
+    if dataset not in NAMED_DATASETS:
+        return None
+    import torchvision.datasets as tvd
+
+    return list(getattr(tvd, _TORCHVISION_CLASS[dataset]).classes)
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -137,7 +137,9 @@ def nuts_reference(
         warnings.filterwarnings("ignore", message="num_chains=")
         mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=chains,
                     initial_params=start, disable_progbar=not (progress and sys.stderr.isatty()))
-    with _frozen(vae):
+    with _frozen(vae), warnings.catch_warnings():
+        # Pyro's jit_compile uses torch.jit.trace, which torch now marks as deprecated.
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
         mcmc.run(x)
     return az.from_pyro(mcmc, log_likelihood=False, dims={"z": ["image", "latent"]},
                         coords={"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim)})

@@ -1,10 +1,12 @@
-"""Pictures of a run: training curve and image grids (matplotlib and torchvision)."""
+"""Pictures of what a VAE learned: training curve, samples, reconstructions, interpolations,
+latent traversals, the decoded latent manifold and a latent map (matplotlib, torchvision)."""
 
 from __future__ import annotations
 
 import io
 import os
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -52,3 +54,92 @@ def interleave_rows(rows: list[torch.Tensor], per_row: int) -> torch.Tensor:
     """
     d = rows[0].shape[-1]
     return torch.stack([r.reshape(-1, per_row, d) for r in rows], dim=1).reshape(-1, d)
+
+
+@torch.no_grad()
+def interpolation_grid(vae, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8,
+                       shown_a: torch.Tensor | None = None,
+                       shown_b: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded points on the line between the encodings of pairs of images.
+
+    Row i is [x_a, p(x | z_t) for t = 0 … 1 in ``steps`` steps, x_b] with
+    z_t = (1 − t) μ(x_a) + t μ(x_b): a regular latent space decodes the midpoint to something
+    halfway between the two images. ``x_a``, ``x_b`` (pairs, D) are what the encoder sees;
+    ``shown_a``, ``shown_b`` what the end columns show (default: the same). Returns
+    (pairs · (steps + 2), D).
+    """
+    z_a, z_b = vae.encode(x_a)[0], vae.encode(x_b)[0]
+    t = torch.linspace(0, 1, steps, device=z_a.device)[None, :, None]
+    decoded = vae.decode((1 - t) * z_a[:, None] + t * z_b[:, None])  # pairs x steps x D
+    ends_a = x_a if shown_a is None else shown_a
+    ends_b = x_b if shown_b is None else shown_b
+    return torch.cat([ends_a[:, None], decoded, ends_b[:, None]], dim=1).reshape(-1, x_a.shape[-1])
+
+
+@torch.no_grad()
+def traversal_grid(vae, x: torch.Tensor, steps: int = 9, span: float = 3.0) -> torch.Tensor:
+    """Each row varies one latent unit of the encoding of one image ``x`` (1, D) over
+    ``steps`` values in [−span, span] prior standard deviations around its location, the others
+    fixed. Returns (z_dim · steps, D)."""
+    z = vae.encode(x)[0][0]
+    spread = _prior_sd(vae)
+    offsets = torch.linspace(-span, span, steps, device=z.device)
+    codes = z.repeat(vae.z_dim, steps, 1)  # unit x step x z_dim
+    for u in range(vae.z_dim):
+        codes[u, :, u] = z[u] + offsets * spread[u]
+    return vae.decode(codes.reshape(-1, vae.z_dim))
+
+
+@torch.no_grad()
+def manifold_grid(vae, side: int = 15) -> torch.Tensor:
+    """For two latent units: decode a side × side grid over the prior's quantiles 5%…95% of
+    each unit (Kingma & Welling 2014, fig. 4), estimated from 20,000 prior draws.
+
+    Returns (side², D). Raises ``ValueError`` unless z_dim is 2.
+    """
+    if vae.z_dim != 2:
+        raise ValueError(f"the manifold picture needs --z-dim 2, this model has {vae.z_dim}")
+    draws = vae.prior().sample((20000,))
+    levels = torch.linspace(0.05, 0.95, side, device=draws.device)
+    q = torch.quantile(draws, levels, dim=0)  # side x 2
+    grid = torch.stack(torch.meshgrid(q[:, 0], q[:, 1].flip(0), indexing="xy"), dim=-1)
+    return vae.decode(grid.reshape(-1, 2))
+
+
+def save_latent_map(codes: torch.Tensor, labels: torch.Tensor | None, path,
+                    names: list[str] | None = None) -> None:
+    """Scatter of posterior means (N, z_dim) coloured by label (legend from ``names``, the class
+    names); projected onto their first two principal components when z_dim > 2."""
+    points = codes.detach().cpu().numpy().astype(np.float64)
+    xlabel, ylabel = "z[0]", "z[1]"
+    if points.shape[1] > 2:
+        centred = points - points.mean(0)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ vt[:2].T
+        share = s[:2] ** 2 / (s**2).sum()
+        xlabel, ylabel = (f"PC{i + 1} of E[z|x] ({share[i]:.0%} of variance)" for i in range(2))
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    else:
+        labels = labels.cpu().numpy()
+        for k in np.unique(labels):
+            name = names[k] if names is not None and k < len(names) else str(k)
+            chosen = labels == k
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.7, label=name)
+        ax.legend(markerscale=3, fontsize="small", loc="best")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("posterior means of test images")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _prior_sd(vae) -> torch.Tensor:
+    """Per-unit standard deviation of p(z), from draws (1 for a flat prior)."""
+    try:
+        return vae.prior().sample((5000,)).std(0)
+    except NotImplementedError:
+        return torch.ones(vae.z_dim)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+import torch
 from PIL import Image
 
 from pyro_vae.cli import main
@@ -338,3 +339,116 @@ def test_refused_combination_is_one_line_from_the_cli(fmnist_npz, tmp_path):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "point mass" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_reports_and_writes_json(trained_run, tmp_path):
+    result = run("evaluate", trained_run, "--iwae-samples", 50, "--limit", 100, "--quiet",
+                 "--json", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    for key in ["neg_elbo", "nll", "nll_stderr", "bits_per_dim", "active_units", "kl_per_dim",
+                "iwae_samples", "num_images"]:
+        assert key in figures
+    assert figures["num_images"] == 100 and figures["iwae_samples"] == 50
+    assert figures["nll"] < figures["neg_elbo"] and len(figures["kl_per_dim"]) == 8
+    assert "NLL" in result.output and "active units" in result.output
+
+
+def test_evaluate_on_another_file_and_bad_options(trained_run, fmnist_npz, tmp_path):
+    result = run("evaluate", trained_run, "--dataset", fmnist_npz, "--iwae-samples", 10,
+                 "--limit", 20, "--quiet")
+    assert result.exit_code == 0 and f"images            20 ({fmnist_npz})" in result.output
+    np.save(tmp_path / "small.npy", np.zeros((5, 14, 14), dtype=np.uint8))
+    for args, message in [
+        (["--dataset", tmp_path / "small.npy"], "shape (14, 14)"),
+        (["--iwae-samples", 0], "--iwae-samples must be positive"),
+        (["--proposal-scale", 0.5], "point-mass guides"),
+        (["--json", tmp_path / "out.txt"], ".json"),
+    ]:
+        result = run("evaluate", trained_run, *args, "--limit", 5)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_encode_writes_posterior_means_and_scales(trained_run, fmnist_npz, tmp_path, suffix):
+    out = tmp_path / f"codes{suffix}"
+    result = run("encode", trained_run, "--data", fmnist_npz, "--limit", 30, "--out", out)
+    assert result.exit_code == 0, result.output
+    if suffix == ".npy":
+        assert np.load(out).shape == (30, 8)
+    else:
+        arrays = np.load(out)
+        assert arrays["loc"].shape == arrays["scale"].shape == (30, 8)
+        assert (arrays["scale"] > 0).all() and arrays["labels"].shape == (30,)
+
+
+def test_diagnose_writes_inference_data_khat_nuts_and_a_report(trained_run, tmp_path):
+    out = tmp_path / "diag"
+    result = run("diagnose", trained_run, "--num-images", 12, "--psis-draws", 200, "--draws", 20,
+                 "--nuts-images", 1, "--chains", 2, "--warmup", 50, "--nuts-samples", 50,
+                 "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"posterior.nc", "nuts.nc", "khat.csv", "khat.png", "nuts_summary.csv",
+            "guide_vs_nuts.csv", "pairs_image0.png", "report.md", "diagnostics.json"} <= names
+    import arviz
+
+    idata = arviz.from_netcdf(str(out / "posterior.nc"))
+    assert idata.posterior["z"].shape == (1, 20, 12, 8)
+    khat = np.loadtxt(out / "khat.csv", delimiter=",", skiprows=1)
+    assert khat.shape == (12, 2) and np.isfinite(khat[:, 1]).all()
+    report = (out / "report.md").read_text()
+    assert "variational posterior" in report and "R-hat" in report
+    again = run("diagnose", trained_run, "--out", out)
+    assert again.exit_code == 1 and "not an empty folder" in again.output
+
+
+@pytest.mark.parametrize(
+    "mode, size",
+    [
+        ("reconstruct", (242, 4 * 30 + 2)),  # 2 rows of 8 originals + 2 of reconstructions
+        ("interpolate", (10 * 30 + 2, 3 * 30 + 2)),  # 3 pairs × (x_a, 8 steps, x_b)
+        ("traverse", (9 * 30 + 2, 8 * 30 + 2)),  # 8 latent units × 9 values
+    ],
+)
+def test_picture_modes_write_grids_of_the_right_shape(mode, size, trained_run, tmp_path):
+    num = {"reconstruct": 16, "interpolate": 3, "traverse": 1}[mode]
+    result = run("sample", trained_run, "--mode", mode, "--num", num, "--out", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "p.png").size == size
+
+
+def test_latent_map_and_the_manifold_needs_two_latent_units(trained_run, fmnist_npz, tmp_path):
+    result = run("sample", trained_run, "--mode", "latents", "--num", 300,
+                 "--out", tmp_path / "map.png")
+    assert result.exit_code == 0 and "300 posterior means" in result.output, result.output
+    assert Image.open(tmp_path / "map.png").size[0] > 300
+    result = run("sample", trained_run, "--mode", "manifold", "--out", tmp_path / "m.png")
+    assert result.exit_code == 1 and "--z-dim 2" in result.output
+    result = run("sample", trained_run, "--mode", "reconstruct", "--out", tmp_path / "r.npy")
+    assert result.exit_code == 1 and ".png" in result.output
+
+
+def test_interpolation_midpoint_lies_between_the_two_encodings(trained_run):
+    from pyro_vae import load
+    from pyro_vae.plots import interpolation_grid
+
+    vae = load(trained_run)
+    a, b = torch.rand(1, 784).bernoulli(), torch.rand(1, 784).bernoulli()
+    grid = interpolation_grid(vae, a, b, steps=3)  # x_a, t = 0, ½, 1, x_b
+    z_a, z_b = vae.encode(a)[0], vae.encode(b)[0]
+    assert torch.equal(grid[0], a[0]) and torch.equal(grid[4], b[0])
+    assert torch.allclose(grid[2], vae.decode((z_a + z_b) / 2)[0])
+    assert torch.allclose(grid[1], vae.decode(z_a)[0])
+    assert torch.allclose(grid[3], vae.decode(z_b)[0])
+
+
+def test_manifold_of_a_two_dimensional_model(fmnist_npz, tmp_path):
+    out = tmp_path / "run2d"
+    result = run("fit", "--dataset", fmnist_npz, "--z-dim", 2, "--hidden", 64, "--batch-size", 100,
+                 "--epochs", 1, "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    result = run("sample", out, "--mode", "manifold", "--num", 5, "--out", tmp_path / "m.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "m.png").size == (5 * 30 + 2, 5 * 30 + 2)
