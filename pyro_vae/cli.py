@@ -154,8 +154,8 @@ _DEFAULT_NUM = {"prior": 64, "reconstruct": 32, "interpolate": 8, "traverse": 1,
                    "quantiles (z-dim 2); latents: map of posterior means coloured by label.")
 @click.option("--num", type=int,
               help="prior: draws [64]; reconstruct: images [32]; interpolate: pairs [8]; "
-                   "traverse: the image's index [first]; manifold: grid side [15]; latents: "
-                   "images [2000].")
+                   "traverse: which test image, 1 = the first [1]; manifold: grid side [15]; "
+                   "latents: images [2000].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mean", is_flag=True,
               help="prior mode: the mean of p(x|z) (e.g. pixel probabilities) instead of a draw.")
@@ -173,8 +173,7 @@ def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
 
     # Range checks here rather than click.IntRange, whose usage errors span three lines.
     _positive(num=num, nrow=nrow)
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+    _check_seed(seed)
     suffix = _check_out_file(out, (".png", ".npy") if mode == "prior" else (".png",))
     vae = load(run_dir)
     shape = vae.config.data_shape
@@ -182,6 +181,11 @@ def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
         raise ConfigError(f"the data have shape {shape}, not images; use --out FILE.npy")
     if mode == "manifold" and vae.z_dim != 2:
         raise ConfigError(f"--mode manifold needs a model with --z-dim 2; this one has {vae.z_dim}")
+    if mode in ("prior", "manifold") and vae.config.prior == "none":
+        raise ConfigError(
+            "this model has the flat prior (--prior none), which cannot be sampled; "
+            "use --mode reconstruct, interpolate, traverse or latents"
+        )
     num = num or _DEFAULT_NUM[mode]
     pyro.set_rng_seed(seed)
     if mode == "prior":
@@ -247,11 +251,34 @@ def _check_out_file(out: str, suffixes: tuple[str, ...]) -> str:
 
 
 def _positive(**values) -> None:
+    """Refuse option values that are not positive finite numbers, naming the flag."""
     from .errors import ConfigError
 
     for flag, value in values.items():
-        if value is not None and value <= 0:
+        if value is not None and not (0 < value < float("inf")):
             raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_seed(seed: int) -> None:
+    from .errors import ConfigError
+
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+
+
+def _device(name: str):
+    from .train import resolve_device
+
+    return resolve_device(name)
+
+
+def _finite_json(value):
+    """NaN and infinities become null, which JSON can hold."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, list):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 @main.command(cls=_Command)
@@ -268,9 +295,10 @@ def _positive(**values) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Also write the figures to this JSON file.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, seed, json_path,
-             quiet) -> None:
+             device, quiet) -> None:
     """Held-out -ELBO, importance-sampled log-likelihood, bits/dim, active units of RUN_DIR.
 
     \b
@@ -280,17 +308,17 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
     """
     from .checkpoint import atomic_write_bytes, load
     from .data import load_eval_data
-    from .errors import ConfigError
     from .evaluate import evaluate as run_evaluation
 
     _positive(iwae_samples=iwae_samples, limit=limit, batch_size=batch_size,
               proposal_scale=proposal_scale)
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+    _check_seed(seed)
     if json_path is not None:
         _check_out_file(json_path, (".json",))
-    vae = load(run_dir)
+    device = _device(device)
+    vae = load(run_dir, device)
     x, _, source = load_eval_data(vae.config, dataset, limit)
+    x = x.to(device)
     pyro.set_rng_seed(seed)
     started = time.perf_counter()
     result = run_evaluation(vae, x, iwae_samples=iwae_samples, batch_size=batch_size,
@@ -315,7 +343,7 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
     ]
     click.echo("\n".join(lines))
     if json_path is not None:
-        clean = {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
+        clean = {k: _finite_json(v) for k, v in result.items()}
         text = json.dumps(clean, indent=2, allow_nan=False) + "\n"
         atomic_write_bytes(json_path, text.encode())
         click.echo(f"wrote {json_path}")
@@ -330,20 +358,23 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="codes.npy for the posterior means (N, z_dim); codes.npz for arrays loc, "
                    "scale (and labels when the data have them).")
-def encode(run_dir, dataset, limit, out) -> None:
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def encode(run_dir, dataset, limit, out, device) -> None:
     """Posterior means (and scales) of q(z|x) for the images in --data.
 
-    Images are binarised exactly as the run's test set was, where the run binarised.
+    Images are binarised exactly as the run's test set was, where the run binarised. For the
+    iaf guide the location is the flowed base mean and the scale the base's.
     """
     from .checkpoint import atomic_write_bytes, load
     from .data import load_eval_data
 
     _positive(limit=limit)
     suffix = _check_out_file(out, (".npy", ".npz"))
-    vae = load(run_dir)
+    device = _device(device)
+    vae = load(run_dir, device)
     x, labels, source = load_eval_data(vae.config, dataset, limit)
-    loc, scale = zip(*(vae.encode(xb) for xb in x.split(1000)))
-    loc, scale = torch.cat(loc).numpy(), torch.cat(scale).numpy()
+    loc, scale = zip(*(vae.encode(xb.to(device)) for xb in x.split(1000)))
+    loc, scale = torch.cat(loc).cpu().numpy(), torch.cat(scale).cpu().numpy()
     buffer = io.BytesIO()
     if suffix == ".npy":
         np.save(buffer, loc)
@@ -373,11 +404,12 @@ def encode(run_dir, dataset, limit, out) -> None:
 @click.option("--nuts-samples", type=int, default=800, show_default=True,
               help="NUTS draws per chain.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="New or empty folder for the results.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chains, warmup,
-             nuts_samples, seed, out, quiet) -> None:
+             nuts_samples, seed, device, out, quiet) -> None:
     """Check the variational posterior of RUN_DIR with ArviZ.
 
     \b
@@ -390,9 +422,12 @@ def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chain
                            NUTS reference posterior, R-hat/ESS, guide beside NUTS
       diagnostics.json     the summary figures
     """
+    import shutil
+    import tempfile
+
     from .checkpoint import load
     from .data import load_eval_data
-    from .diagnostics import check_diagnosable
+    from .diagnostics import MIN_PSIS_DRAWS, check_diagnosable
     from .diagnostics import diagnose as run_diagnostics
     from .errors import ConfigError
 
@@ -400,20 +435,35 @@ def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chain
               warmup=warmup, nuts_samples=nuts_samples)
     if nuts_images < 0 or nuts_images > num_images:
         raise ConfigError("--nuts-images must be between 0 and --num-images")
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed}")
+    if psis_draws < MIN_PSIS_DRAWS:
+        raise ConfigError(f"--psis-draws must be at least {MIN_PSIS_DRAWS} to fit a Pareto tail")
+    if chains < 2:
+        raise ConfigError("--chains must be at least 2, or R-hat is not defined")
+    _check_seed(seed)
     folder = Path(out)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"--out {out} exists and is not an empty folder; choose a new one")
-    vae = load(run_dir)
+    parent = folder.absolute().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot create --out {out}: {parent} is missing or not writable")
+    device = _device(device)
+    vae = load(run_dir, device)
     check_diagnosable(vae)
     x, _, source = load_eval_data(vae.config, dataset, num_images)
-    folder.mkdir(parents=True, exist_ok=True)
     pyro.set_rng_seed(seed)
     started = time.perf_counter()
-    summary = run_diagnostics(vae, x, folder, source=source, draws=draws, psis_draws=psis_draws,
-                              nuts_images=nuts_images, chains=chains, warmup=warmup,
-                              nuts_samples=nuts_samples, progress=not quiet)
+    # Results appear in --out all at once: a failed or interrupted run leaves nothing there.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        summary = run_diagnostics(vae, x.to(device), staging, source=source, draws=draws,
+                                  psis_draws=psis_draws, nuts_images=nuts_images, chains=chains,
+                                  warmup=warmup, nuts_samples=nuts_samples, progress=not quiet)
+        staging.chmod(0o777 & ~_umask())
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     word = "can be trusted" if summary["trusted"] else "should not be trusted"
     nuts = (f"; NUTS max R-hat {summary['nuts_max_r_hat']:.3f}"
             if "nuts_max_r_hat" in summary else "")
@@ -423,6 +473,13 @@ def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chain
         f"the variational posterior {word}. Report: {folder / 'report.md'} "
         f"({time.perf_counter() - started:.0f} s)"
     )
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == "__main__":  # pragma: no cover

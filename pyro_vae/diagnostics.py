@@ -31,6 +31,7 @@ from pyro.infer import MCMC, NUTS
 
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
+from .plots import save_figure
 from .evaluate import log_importance_weights
 from .guides import DeltaGuide
 from .model import VAE
@@ -58,18 +59,40 @@ def check_diagnosable(vae: VAE) -> None:
         )
 
 
+#: Images per pass through the decoder in these checks.
+_BATCH = 50
+#: Fewer importance weights than this give no usable Pareto fit.
+MIN_PSIS_DRAWS = 100
+
+
+def _batched(fn, x: torch.Tensor, dim: int):
+    """``fn`` over batches of images of ``x``, outputs concatenated along ``dim``."""
+    outs = [fn(xb) for xb in x.split(_BATCH)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts, dim=dim) for parts in zip(*outs))
+    return torch.cat(outs, dim=dim)
+
+
 @torch.no_grad()
 def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceData:
     """q(z|x), p(z), p(x̃|z) and log p(x|z) for the images ``x`` (N, D) as InferenceData.
 
     Groups and dimensions: ``posterior.z`` (chain, draw, image, latent) from the guide;
     ``prior.z`` the same shape from p(z); ``posterior_predictive.x`` (chain, draw, image,
-    pixel), draws x̃ ~ p(x|z) in the likelihood's units; ``log_likelihood.x`` (chain, draw,
-    image), log p(x|z) in nats; ``observed_data.x`` (image, pixel). One chain of ``draws``.
+    pixel), draws x̃ ~ p(x|z) in the likelihood's units (uint8 for discrete likelihoods);
+    ``log_likelihood.x`` (chain, draw, image), log p(x|z) in nats; ``observed_data.x`` (image,
+    pixel). One chain of ``draws``; images go through the decoder in batches.
     """
     vae.eval()
-    _, log_lik, z = log_importance_weights(vae, x, draws)  # (S, N), (S, N, z_dim)
-    predicted = vae.likelihood(vae.decoder(z)).sample()  # (S, N, D)
+
+    def per_batch(xb):
+        _, log_lik, z = log_importance_weights(vae, xb, draws)  # (S, B), (S, B, z_dim)
+        predicted = vae.likelihood(vae.decoder(z)).sample()  # (S, B, D)
+        if vae.likelihood.discrete:
+            predicted = predicted.to(torch.uint8)
+        return log_lik, z, predicted
+
+    log_lik, z, predicted = _batched(per_batch, x, dim=1)
     prior = vae.prior().sample((draws, x.shape[0]))
     coords = {"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim),
               "pixel": np.arange(x.shape[1])}
@@ -99,39 +122,60 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceD
 def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250) -> np.ndarray:
     """PSIS k̂ of the importance weights p(x, z)/q(z|x), z ~ q(z|x), per image: (N,).
 
-    Yao et al. (2018), §2.1, with ``arviz.psislw`` on ``draws`` weights per image.
+    Yao et al. (2018), §2.1, with ``arviz.psislw`` on ``draws`` weights per image, computed in
+    batches of images and chunks of draws.
+
+    Raises
+    ------
+    ConfigError
+        For fewer than :data:`MIN_PSIS_DRAWS` draws, too few to fit a Pareto tail.
     """
-    log_w = torch.cat(
-        [log_importance_weights(vae, x, min(chunk, draws - k))[0] for k in range(0, draws, chunk)]
-    )  # (draws, N)
+    if draws < MIN_PSIS_DRAWS:
+        raise ConfigError(f"Pareto k̂ needs at least {MIN_PSIS_DRAWS} draws per image, got {draws}")
+
+    def per_batch(xb):
+        return torch.cat([log_importance_weights(vae, xb, min(chunk, draws - k))[0]
+                          for k in range(0, draws, chunk)])  # (draws, B)
+
+    log_w = _batched(per_batch, x, dim=1)
     _, khat = az.psislw(log_w.T.cpu().numpy())
     return np.asarray(khat)
 
 
 @torch.no_grad()
-def guide_moments(vae: VAE, x: torch.Tensor, draws: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of z under q(z|x) from ``draws`` samples: two (N, z_dim)."""
-    _, _, z = log_importance_weights(vae, x, draws)
-    return z.mean(0).cpu().numpy(), z.std(0).cpu().numpy()
+def guide_draws(vae: VAE, x: torch.Tensor, draws: int = 1000) -> torch.Tensor:
+    """``draws`` samples of z ~ q(z|x) for each image of ``x`` (N, D): (draws, N, z_dim)."""
+    vae.eval()
+    return _batched(lambda xb: vae.encoder(xb).sample((draws,)), x, dim=1)
 
 
 def nuts_reference(
     vae: VAE,
     x: torch.Tensor,
     chains: int = 4,
-    warmup: int = 300,
-    samples: int = 300,
+    warmup: int = 400,
+    samples: int = 800,
     progress: bool = True,
 ) -> az.InferenceData:
     """Draws from p(z|x) ∝ p(z) p(x|z), decoder fixed, by NUTS (Hoffman & Gelman 2014).
 
     Runs ``pyro.infer.MCMC`` with ``NUTS`` on the model itself for the images ``x`` (M, D)
-    jointly (their posteriors are independent), ``chains`` chains each started from a draw of
-    q(z|x). Returns InferenceData with ``posterior.z`` (chain, draw, image, latent) and NUTS's
-    ``sample_stats``.
+    jointly (their posteriors are independent), ``chains`` ≥ 2 chains each started from an
+    overdispersed draw of q(z|x), its deviation from q's location doubled, so that R-hat can
+    notice posterior mass that q misses (Gelman & Rubin 1992). Returns InferenceData with
+    ``posterior.z`` (chain, draw, image, latent) and NUTS's ``sample_stats``.
+
+    Raises
+    ------
+    ConfigError
+        For fewer than two chains, with which R-hat is not defined.
     """
+    if chains < 2:
+        raise ConfigError("the NUTS reference needs at least 2 chains for R-hat; use --chains 4")
     vae.eval()
-    start = {"z": vae.encoder(x).sample((chains,)).detach()}  # (chains, M, z_dim)
+    with torch.no_grad():
+        centre = vae.encode(x)[0]
+        start = {"z": centre + 2.0 * (vae.encoder(x).sample((chains,)) - centre)}
     kernel = NUTS(vae.model, jit_compile=True, ignore_jit_warnings=True)
     with warnings.catch_warnings():  # on few cores Pyro runs the chains one after another
         warnings.filterwarnings("ignore", message="num_chains=")
@@ -158,14 +202,14 @@ def _frozen(vae: VAE):
             p.requires_grad_(flag)
 
 
-def compare_with_nuts(nuts: az.InferenceData, q_mean: np.ndarray, q_std: np.ndarray):
-    """Guide against NUTS per image and latent unit.
+def compare_with_nuts(nuts: az.InferenceData, summary, q_mean: np.ndarray, q_std: np.ndarray):
+    """Guide against NUTS per image and latent unit; ``summary`` is ``arviz.summary`` of
+    ``nuts`` with ``kind="all"``.
 
     Returns rows (dicts) with NUTS's and the guide's mean and sd, the standardised difference
     (μ_q − μ_NUTS)/σ_NUTS and the ratio σ_q/σ_NUTS (below 1: the guide is too narrow, the usual
     failure of KL(q‖p) fits, Blei et al. 2017 §5), plus NUTS's R-hat and bulk ESS.
     """
-    summary = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
     draws = nuts.posterior["z"].values  # chain, draw, image, latent
     flat = draws.reshape(-1, *draws.shape[2:])
     nuts_mean, nuts_std = flat.mean(0), flat.std(0)
@@ -186,7 +230,8 @@ def compare_with_nuts(nuts: az.InferenceData, q_mean: np.ndarray, q_std: np.ndar
 
 def verdict(khat: np.ndarray, rows: list[dict] | None) -> tuple[bool, str]:
     """Whether the variational posterior can be trusted, and why, in words."""
-    bad, usable = float(np.mean(khat > KHAT_BAD)), float(np.mean(khat > KHAT_GOOD))
+    # A k̂ that could not be estimated (NaN) counts as bad, not as good.
+    bad, usable = float(np.mean(~(khat <= KHAT_BAD))), float(np.mean(~(khat <= KHAT_GOOD)))
     reasons = []
     trusted = bad <= 0.1
     if bad > 0.1:
@@ -199,10 +244,10 @@ def verdict(khat: np.ndarray, rows: list[dict] | None) -> tuple[bool, str]:
         reasons.append(f"k̂ < 0.5 for {1 - usable:.0%} of the images: q(z|x) is a good "
                        "importance proposal for p(z|x)")
     if rows:
-        rhat = max(r["r_hat"] for r in rows)
+        rhat = max(r["r_hat"] if np.isfinite(r["r_hat"]) else np.inf for r in rows)
         shift = float(np.mean([abs(r["std_diff"]) for r in rows]))
         ratio = float(np.median([r["sd_ratio"] for r in rows]))
-        if rhat > 1.01:
+        if not rhat <= 1.01:
             reasons.append(f"NUTS did not converge (max R-hat {rhat:.3f} > 1.01), so the "
                            "comparison with it is not conclusive; run more --nuts-samples")
         else:
@@ -252,9 +297,7 @@ def save_pair_plot(nuts: az.InferenceData, q_draws: np.ndarray, image: int, path
 
 
 def _save(fig: Figure, path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def diagnose(
@@ -310,22 +353,22 @@ def diagnose(
         xs = x[:nuts_images]
         nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress)
         _save_netcdf(nuts, out / "nuts.nc")
+        table = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
         buffer = io.StringIO()
-        az.summary(nuts, var_names=["z"]).to_csv(buffer)
+        table.to_csv(buffer)
         atomic_write_bytes(out / "nuts_summary.csv", buffer.getvalue().encode())
-        q_mean, q_std = guide_moments(vae, xs)
-        rows = compare_with_nuts(nuts, q_mean, q_std)
+        q_draws = guide_draws(vae, xs).cpu().numpy()  # (1000, M, z_dim)
+        rows = compare_with_nuts(nuts, table, q_draws.mean(0), q_draws.std(0))
         header = list(rows[0])
         lines = [",".join(header)] + [",".join(f"{r[h]:.6g}" for h in header) for r in rows]
         atomic_write_bytes(out / "guide_vs_nuts.csv", ("\n".join(lines) + "\n").encode())
-        q_draws = log_importance_weights(vae, xs, 1000)[2].cpu().numpy()  # (1000, M, z_dim)
         for i in range(xs.shape[0]):
             save_pair_plot(nuts, q_draws[:, i], i, out / f"pairs_image{i}.png")
         summary.update({
             "nuts_images": int(xs.shape[0]),
             "nuts_chains": chains,
             "nuts_draws_per_chain": nuts_samples,
-            "nuts_max_r_hat": max(r["r_hat"] for r in rows),
+            "nuts_max_r_hat": float(np.max([r["r_hat"] for r in rows])),
             "nuts_min_ess_bulk": min(r["ess_bulk"] for r in rows),
             "nuts_divergences": int(nuts.sample_stats["diverging"].sum()),
             "mean_abs_std_diff": float(np.mean([abs(r["std_diff"]) for r in rows])),
@@ -333,7 +376,9 @@ def diagnose(
         })
     trusted, reasons = verdict(khat, rows)
     summary.update({"trusted": trusted, "verdict": reasons})
-    atomic_write_bytes(out / "diagnostics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    finite = {k: v if not isinstance(v, float) or np.isfinite(v) else None
+              for k, v in summary.items()}
+    atomic_write_bytes(out / "diagnostics.json", (json.dumps(finite, indent=2) + "\n").encode())
     atomic_write_bytes(out / "report.md", _report(vae, source, summary, rows).encode())
     return summary
 

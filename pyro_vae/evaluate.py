@@ -148,6 +148,8 @@ def evaluate(
                       disable=None if progress else True, leave=False):
         xb = x[start : start + batch_size]
         running = torch.full((xb.shape[0],), -math.inf, device=x.device)
+        # E_q[z|x]: the location for Gaussian and point-mass guides, a sample mean for flows.
+        exact = type(vae.encoder) in (GaussianGuide, DeltaGuide)
         sum_z = torch.zeros(xb.shape[0], vae.z_dim, device=x.device)
         for k in range(0, iwae_samples, chunk):
             n = min(chunk, iwae_samples - k)
@@ -155,11 +157,10 @@ def evaluate(
             running = torch.logaddexp(running, log_w.logsumexp(0))
             neg_elbo -= float(log_w.sum())
             rec -= float(log_lik.sum())
-            sum_z += z.sum(0)
+            if not exact:
+                sum_z += z.sum(0)
             kl_dims.add(xb, z)
         log_px.append(running - math.log(iwae_samples))
-        # E_q[z|x]: the location for Gaussian and point-mass guides, a sample mean for flows.
-        exact = type(vae.encoder) in (GaussianGuide, DeltaGuide)
         means.append(vae.encode(xb)[0] if exact else sum_z / iwae_samples)
     nll = -torch.cat(log_px)
     n_img, n_draws = x.shape[0], x.shape[0] * iwae_samples
@@ -206,6 +207,7 @@ class _KLPerDim:
         self.units = prior.base_dist if factorised and gaussian else None
         self.total = torch.zeros(vae.z_dim, device=next(vae.buffers()).device)
         self.count = 0
+        self._batch, self._kl = None, None
         if self.units is not None:
             try:
                 kl_divergence(dist.Normal(0.0, 1.0), self.units)
@@ -218,10 +220,13 @@ class _KLPerDim:
         if self.units is None:
             return
         n = z.shape[0]
-        q = dist.Normal(*self.vae.encode(x))
-        if self.analytic:
-            self.total += kl_divergence(q, self.units).sum(0) * n
+        if self.analytic:  # the same for every chunk of one batch: computed once per batch
+            if x is not self._batch:
+                self._batch = x
+                self._kl = kl_divergence(dist.Normal(*self.vae.encode(x)), self.units).sum(0)
+            self.total += self._kl * n
         else:
+            q = dist.Normal(*self.vae.encode(x))
             self.total += (q.log_prob(z) - self.units.log_prob(z)).sum((0, 1))
         self.count += n * x.shape[0]
 

@@ -13,6 +13,13 @@ from matplotlib.figure import Figure
 from .checkpoint import atomic_write_bytes
 
 
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Write a matplotlib figure as PNG atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_training_curve(rows: list[dict], path: str | os.PathLike) -> None:
     """Plot train and test −ELBO (nats per image) against epoch into a PNG at ``path``."""
     epochs = [r["epoch"] for r in rows]
@@ -24,9 +31,7 @@ def save_training_curve(rows: list[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("−ELBO (nats per image)")
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def save_image_grid(
@@ -77,16 +82,19 @@ def interpolation_grid(vae, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8
 
 
 @torch.no_grad()
-def traversal_grid(vae, x: torch.Tensor, steps: int = 9, span: float = 3.0) -> torch.Tensor:
-    """Each row varies one latent unit of the encoding of one image ``x`` (1, D) over
-    ``steps`` values in [−span, span] prior standard deviations around its location, the others
-    fixed. Returns (z_dim · steps, D)."""
+def traversal_grid(vae, x: torch.Tensor, steps: int = 9) -> torch.Tensor:
+    """Each row sets one latent unit of the encoding of one image ``x`` (1, D) to ``steps``
+    quantiles 1%…99% of that unit under the prior (from 20,000 draws; ±3 around the encoding
+    for a flat prior), the other units fixed. Returns (z_dim · steps, D)."""
     z = vae.encode(x)[0][0]
-    spread = _prior_sd(vae)
-    offsets = torch.linspace(-span, span, steps, device=z.device)
+    levels = torch.linspace(0.01, 0.99, steps, device=z.device)
+    try:
+        values = torch.quantile(vae.prior().sample((20000,)), levels, dim=0).T  # unit x step
+    except NotImplementedError:  # the flat prior cannot be sampled
+        values = z[:, None] + torch.linspace(-3, 3, steps, device=z.device)
     codes = z.repeat(vae.z_dim, steps, 1)  # unit x step x z_dim
     for u in range(vae.z_dim):
-        codes[u, :, u] = z[u] + offsets * spread[u]
+        codes[u, :, u] = values[u]
     return vae.decode(codes.reshape(-1, vae.z_dim))
 
 
@@ -112,7 +120,12 @@ def save_latent_map(codes: torch.Tensor, labels: torch.Tensor | None, path,
     names); projected onto their first two principal components when z_dim > 2."""
     points = codes.detach().cpu().numpy().astype(np.float64)
     xlabel, ylabel = "z[0]", "z[1]"
-    if points.shape[1] > 2:
+    if points.shape[1] == 1:  # one unit: spread the points vertically by label
+        rank = labels.cpu().numpy() if labels is not None else np.zeros(len(points))
+        points = np.column_stack([points[:, 0], rank + np.random.default_rng(0).uniform(
+            -0.3, 0.3, len(points))])
+        ylabel = "label"
+    elif points.shape[1] > 2:
         centred = points - points.mean(0)
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
         points = centred @ vt[:2].T
@@ -132,14 +145,4 @@ def save_latent_map(codes: torch.Tensor, labels: torch.Tensor | None, path,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title("posterior means of test images")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _prior_sd(vae) -> torch.Tensor:
-    """Per-unit standard deviation of p(z), from draws (1 for a flat prior)."""
-    try:
-        return vae.prior().sample((5000,)).std(0)
-    except NotImplementedError:
-        return torch.ones(vae.z_dim)
+    save_figure(fig, path)

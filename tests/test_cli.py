@@ -452,3 +452,46 @@ def test_manifold_of_a_two_dimensional_model(fmnist_npz, tmp_path):
     result = run("sample", out, "--mode", "manifold", "--num", 5, "--out", tmp_path / "m.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "m.png").size == (5 * 30 + 2, 5 * 30 + 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--chains", 1], "--chains must be at least 2"),
+    (["--psis-draws", 1], "--psis-draws must be at least 100"),
+    (["--nuts-images", 200], "--nuts-images must be between"),
+])
+def test_diagnose_refuses_settings_it_cannot_use_before_writing(args, message, trained_run,
+                                                                tmp_path):
+    result = run("diagnose", trained_run, *args, "--out", tmp_path / "diag")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failing_diagnose_leaves_no_partial_folder(trained_run, tmp_path, monkeypatch):
+    def fail_halfway(vae, x, out_dir, **kwargs):
+        (out_dir / "posterior.nc").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pyro_vae.diagnostics.diagnose", fail_halfway)
+    result = run("diagnose", trained_run, "--num-images", 5, "--out", tmp_path / "diag")
+    assert result.exit_code == 1 and "No space left" in result.output
+    assert not any(tmp_path.iterdir()), "neither --out nor a staging folder remains"
+
+
+def test_flat_prior_models_cannot_draw_a_manifold_and_one_unit_models_map(fmnist_npz, tmp_path):
+    flat = tmp_path / "flat"
+    assert run("fit", "--dataset", fmnist_npz, *SMALL, "--z-dim", 2, "--epochs", 1,
+               "--guide", "delta", "--prior", "none", "--out", flat).exit_code == 0
+    result = run("sample", flat, "--mode", "manifold", "--out", tmp_path / "m.png")
+    assert result.exit_code == 1 and "cannot be sampled" in result.output
+    one = tmp_path / "one"
+    assert run("fit", "--dataset", fmnist_npz, *SMALL, "--z-dim", 1, "--epochs", 1,
+               "--out", one).exit_code == 0
+    result = run("sample", one, "--mode", "latents", "--num", 100, "--out", tmp_path / "l.png")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_evaluate_refuses_non_finite_proposal_scales(value, trained_run):
+    result = run("evaluate", trained_run, "--proposal-scale", value, "--limit", 5)
+    assert result.exit_code == 1 and "--proposal-scale must be positive" in result.output

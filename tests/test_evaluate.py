@@ -106,3 +106,18 @@ def test_every_kind_of_model_can_be_evaluated(options, fmnist_small):
     assert math.isfinite(result["nll"]) and result["nll"] <= result["neg_elbo"] + 1e-3
     assert (result["kl_per_dim"] is None) == (options.get("guide") == "iaf" or
                                               options.get("prior") in ("vamp", "flow"))
+
+
+def test_training_regularisers_do_not_leak_into_evaluation(fmnist_small):
+    x = binarize_fixed(fmnist_small.test[:20])
+    plain = VAE.from_config(Config(z_dim=3, hidden=(16,), data_shape=(28, 28)))
+    tuned = VAE.from_config(Config(z_dim=3, hidden=(16,), data_shape=(28, 28), beta=0.3,
+                                   corrupt="mask:0.5", contractive=2.0))
+    tuned.load_state_dict(plain.state_dict())
+    results = []
+    for vae in (plain, tuned):
+        vae.train()  # evaluate must switch to the plain ELBO by itself
+        pyro.set_rng_seed(5)
+        results.append(evaluate(vae, x, iwae_samples=30, progress=False))
+    for key in ("nll", "neg_elbo", "kl", "reconstruction"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-6), key

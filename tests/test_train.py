@@ -67,7 +67,7 @@ def test_dynamic_binarisation_redraws_while_test_binarisation_is_fixed(fmnist_sm
 @pytest.mark.slow
 def test_foundation_figure_full_fashion_mnist_10_epochs(fashion_mnist):
     # Issue 2 acceptance: 784-400-20, batch 128, 10 epochs, seed 0: test −ELBO ≤ 244 nats
-    # (a plain PyTorch VAE with the same networks reaches 242.7, shared/ANCHORS.md).
+    # (a plain PyTorch VAE with the same networks reaches 242.7, ../shared/ANCHORS.md).
     _, metrics = fit(data=fashion_mnist, epochs=10, z_dim=20, hidden=(400,), batch_size=128,
                      seed=0, progress=False)
     assert metrics[-1]["test_neg_elbo"] <= 244.0, metrics[-1]
