@@ -23,7 +23,7 @@ from pyro_vae.diagnostics import pareto_khat
 from pyro_vae.evaluate import evaluate
 
 ROWS = [
-    ("standard VAE", "", {}),
+    ("standard VAE", "(defaults)", {}),
     ("IWAE bound, K = 5", "--elbo iwae --particles 5", dict(elbo="iwae", particles=5)),
     ("VampPrior", "--prior vamp", dict(prior="vamp")),
     ("flow prior", "--prior flow", dict(prior="flow")),
@@ -63,7 +63,8 @@ for name, flags, options in ROWS:
         diff = per_image - baseline
         delta = f"{diff.mean():+.2f} ± {diff.std() / len(diff) ** 0.5:.2f}"
     lines.append(
-        f"| {name} | `{flags}` | {metrics[-1]['test_neg_elbo']:.2f} | "
+        f"| {name} | {flags if flags.startswith('(') else f'`{flags}`'} | "
+        f"{metrics[-1]['test_neg_elbo']:.2f} | "
         f"{figures['nll']:.2f} ± {figures['nll_stderr']:.2f} | {delta} | "
         f"{figures['active_units']} / {vae.z_dim} | {(khat > 0.7).mean():.0%} | "
         f"{seconds:.0f} s |"
