@@ -80,7 +80,24 @@ class BernoulliLikelihood(Likelihood):
             _check_unit_interval(x, what, "bernoulli")
 
 
-class NormalLikelihood(Likelihood):
+class _FixedScaleLikelihood(Likelihood):
+    """x_d ~ family(f_d(z), c) with one fixed scale c > 0 for every dimension."""
+
+    family: type[dist.TorchDistribution]
+
+    def __init__(self, scale: float = 0.1):
+        super().__init__()
+        self.scale = float(scale)
+
+    @classmethod
+    def from_config(cls, config: Config) -> "_FixedScaleLikelihood":
+        return cls(config.setting("obs_scale"))
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return self.family(params.squeeze(-1), self.scale).to_event(1)
+
+
+class NormalLikelihood(_FixedScaleLikelihood):
     """x ~ N(f(z), c² I) with a fixed scale c, for real-valued data.
 
     log p(x|z) = −‖x − f(z)‖² / (2c²) − D log c − (D/2) log 2π nats: a squared error up to
@@ -92,16 +109,7 @@ class NormalLikelihood(Likelihood):
         c > 0, in the units of the data.
     """
 
-    def __init__(self, scale: float = 0.1):
-        super().__init__()
-        self.scale = float(scale)
-
-    @classmethod
-    def from_config(cls, config: Config) -> "NormalLikelihood":
-        return cls(config.setting("obs_scale"))
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(params.squeeze(-1), self.scale).to_event(1)
+    family = dist.Normal
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
@@ -148,7 +156,7 @@ class LearnedNormalLikelihood(Likelihood):
         return dist.Normal(loc, scale).to_event(1)
 
 
-class LaplaceLikelihood(Likelihood):
+class LaplaceLikelihood(_FixedScaleLikelihood):
     """x ~ Laplace(f(z), c) per dimension: an L1 reconstruction error in nats.
 
     log p(x|z) = −‖x − f(z)‖₁ / c − D log(2c).
@@ -159,16 +167,7 @@ class LaplaceLikelihood(Likelihood):
         c > 0, in the units of the data.
     """
 
-    def __init__(self, scale: float = 0.1):
-        super().__init__()
-        self.scale = float(scale)
-
-    @classmethod
-    def from_config(cls, config: Config) -> "LaplaceLikelihood":
-        return cls(config.setting("obs_scale"))
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Laplace(params.squeeze(-1), self.scale).to_event(1)
+    family = dist.Laplace
 
 
 class CategoricalLikelihood(Likelihood):
