@@ -20,6 +20,7 @@ from .data import Data, binarize, binarize_fixed, load_data, prepare_data
 from .errors import ConfigError, TrainingError
 from .model import VAE
 from .objectives import build_elbo, sampled_kl_sites
+from .optim import JointOptim
 from .priors import FlatPrior
 
 #: Columns of ``metrics.csv``; losses in nats per image, times in seconds. Discrete likelihoods
@@ -150,8 +151,7 @@ def _fit(config, data, device, out, overwrite, progress) -> FitResult:
     if config.binarization == "static":
         train_x = binarize(train_x)  # one draw from the seeded RNG, kept for the whole run
 
-    clip = {"clip_norm": config.clip_norm} if config.clip_norm is not None else None
-    optim = pyro.optim.Adam({"lr": config.lr}, clip_args=clip)
+    optim = JointOptim(torch.optim.Adam, vae, {"lr": config.lr}, clip_norm=config.clip_norm)
     svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
     if config.elbo == "meanfield":
         probe = train_x[: config.batch_size]
@@ -210,8 +210,12 @@ def _train_epoch(svi, vae, x, config, epoch, progress) -> tuple[float, float]:
         for step in range(steps):
             batch = x[perm[step * config.batch_size : (step + 1) * config.batch_size]]
             vae.kl_weight = kl_weight(config, epoch, step, steps)
+            # Pyro checks every distribution's arguments and values on the first step of each
+            # epoch; the data were checked on loading, and a non-finite loss still stops
+            # training below, so later steps skip those checks.
             try:
-                loss = svi.step(batch)
+                with pyro.validation_enabled(step == 0):
+                    loss = svi.step(batch)
             except ValueError as err:  # Pyro's validation: a parameter left its support
                 raise _diverged(epoch, step, str(err).splitlines()[0]) from None
             if not math.isfinite(loss):

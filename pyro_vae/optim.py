@@ -1,0 +1,59 @@
+"""One torch optimiser for all of a model's parameters, in the form ``pyro.infer.SVI`` takes.
+
+``pyro.optim.Adam`` keeps a separate ``torch.optim.Adam`` per parameter tensor and steps each on
+its own; for a VAE's few large tensors that bookkeeping costs about as much as a quarter of the
+forward and backward pass. :class:`JointOptim` is a ``PyroOptim`` whose ``__call__`` steps one
+torch optimiser over every parameter instead, so SVI and its ELBO stay as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.optim import PyroOptim
+from torch import nn
+
+
+class JointOptim(PyroOptim):
+    """A ``PyroOptim`` that applies one torch optimiser to the parameters of ``module``.
+
+    Parameters
+    ----------
+    optim_constructor : type
+        A ``torch.optim.Optimizer`` class, e.g. ``torch.optim.Adam``.
+    module : nn.Module
+        Its parameters, in their fixed order, form the optimiser's one parameter group.
+    optim_args : dict
+        Keyword arguments of the optimiser, e.g. ``{"lr": 1e-3}``.
+    clip_norm : float, optional
+        Clip each parameter tensor's gradient to this norm first, as ``pyro.optim``'s
+        ``clip_args={"clip_norm": c}`` does.
+
+    Raises
+    ------
+    ValueError
+        If SVI hands it a parameter that does not belong to ``module``.
+    """
+
+    def __init__(self, optim_constructor, module: nn.Module, optim_args: dict,
+                 clip_norm: float | None = None):
+        super().__init__(optim_constructor, optim_args)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = optim_constructor(self.params, **optim_args)
+        self.clip_norm = clip_norm
+        self._known = {id(p) for p in self.params}
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        """One step over all parameters; ``params`` are those SVI saw in the traces."""
+        if any(id(p) not in self._known for p in params):
+            raise ValueError("a parameter outside the model reached the optimiser")
+        if self.clip_norm is not None:
+            for p in self.params:
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_(p, self.clip_norm)
+        self.optimizer.step()
+
+    def get_state(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def set_state(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
