@@ -127,11 +127,15 @@ def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
       reconstructions.png  rows of test images, the binary draw the model scores
                            (binarised Bernoulli only) and the reconstruction
     """
+    from .distributed import cluster_from_env
     from .train import fit as fit_vae
 
     config = Config(**options)
     started = time.perf_counter()
     result = fit_vae(config, out, overwrite=overwrite, progress=not quiet)
+    cluster = cluster_from_env()
+    if cluster is not None and not cluster.is_main:
+        return  # under torchrun, rank 0 reports
     last = result.metrics[-1]
     click.echo(
         f"done: {last['epoch']} epochs in {time.perf_counter() - started:.0f} s; "

@@ -14,7 +14,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from . import checkpoint, plots
+from . import checkpoint, distributed, plots
 from .config import Config
 from .data import Data, binarize, binarize_fixed, load_data, prepare_data
 from .errors import ConfigError, TrainingError
@@ -129,6 +129,12 @@ def fit(
     """
     config = (config or Config()).replace(**options)
     device = resolve_device(config.device)
+    cluster = distributed.cluster_from_env()
+    if cluster is not None:  # launched by torchrun: one process of a data-parallel group
+        distributed.check_batch(config.batch_size, cluster)
+        device = distributed.start(cluster, device)
+        if not cluster.is_main:
+            out, progress = None, False  # rank 0 alone writes and reports
     if out is not None:
         checkpoint.check_run_dir(out, overwrite)
     if data is None:
@@ -139,10 +145,10 @@ def fit(
     config = config.replace(data_shape=data.data_shape)
     # Parameters live in the modules; the param-store scope keeps Pyro's global store as it was.
     with pyro.validation_enabled(True), pyro.get_param_store().scope():
-        return _fit(config, data, device, out, overwrite, progress)
+        return _fit(config, data, device, out, overwrite, progress, cluster)
 
 
-def _fit(config, data, device, out, overwrite, progress) -> FitResult:
+def _fit(config, data, device, out, overwrite, progress, cluster=None) -> FitResult:
     pyro.set_rng_seed(config.seed)
     vae = VAE.from_config(config).to(device)
     train_x, test_x = data.train.to(device), data.test.to(device)
@@ -152,7 +158,11 @@ def _fit(config, data, device, out, overwrite, progress) -> FitResult:
         train_x = binarize(train_x)  # one draw from the seeded RNG, kept for the whole run
 
     optim = JointOptim(torch.optim.Adam, vae, {"lr": config.lr}, clip_norm=config.clip_norm)
-    svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
+    if cluster is None:
+        step_fn = SVI(vae.model, vae.guide, optim, build_elbo(config)).step
+    else:
+        step_fn = _ddp_step(vae, optim, config, cluster, device)
+        pyro.set_rng_seed(config.seed + cluster.rank)  # own noise per rank; DDP syncs weights
     if config.elbo == "meanfield":
         probe = train_x[: config.batch_size]
         probe = binarize_fixed(probe) if config.binarization == "dynamic" else probe
@@ -166,12 +176,15 @@ def _fit(config, data, device, out, overwrite, progress) -> FitResult:
     run_dir, rows = None, []
     for epoch in range(1, config.epochs + 1):
         x_epoch = binarize(train_x) if config.binarization == "dynamic" else train_x
-        total, seconds = _train_epoch(svi, vae, x_epoch, config, epoch, progress)
+        total, seen, seconds = _train_epoch(step_fn, vae, x_epoch, config, epoch, progress,
+                                            cluster)
+        if cluster is not None:
+            total, seen = (distributed.all_sum(v, device) for v in (total, seen))
         vae.eval()
         row = {
             "epoch": epoch,
             "train_seconds": round(seconds, 3),
-            "train_neg_elbo": round(total / train_x.shape[0], 4),
+            "train_neg_elbo": round(total / seen, 4),
             "test_neg_elbo": round(neg_elbo(vae, test_x), 4),
         }
         if bits:
@@ -195,11 +208,22 @@ def _fit(config, data, device, out, overwrite, progress) -> FitResult:
     return FitResult(vae, rows)
 
 
-def _train_epoch(svi, vae, x, config, epoch, progress) -> tuple[float, float]:
-    """One pass of SVI steps over a random permutation of x: (summed loss, wall seconds)."""
-    n = x.shape[0]
-    steps = math.ceil(n / config.batch_size)
-    perm = torch.randperm(n, device=x.device)
+def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None):
+    """One pass of SVI steps over a random permutation of x.
+
+    Under torchrun every rank draws the same permutation (seeded by seed and epoch) and steps
+    through its own shard with its share of the batch. Returns (summed loss, images, seconds).
+    """
+    if cluster is None:
+        order = torch.randperm(x.shape[0], device=x.device)
+        batch_size = config.batch_size
+    else:
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        order = distributed.shard(torch.randperm(x.shape[0], generator=generator), cluster)
+        order = order.to(x.device)
+        batch_size = distributed.check_batch(config.batch_size, cluster)
+    n = order.shape[0]
+    steps = math.ceil(n / batch_size)
     vae.train()
     total, start_time = 0.0, time.perf_counter()
     with tqdm(
@@ -208,14 +232,14 @@ def _train_epoch(svi, vae, x, config, epoch, progress) -> tuple[float, float]:
         disable=None if progress else True, leave=False, dynamic_ncols=True,
     ) as bar:
         for step in range(steps):
-            batch = x[perm[step * config.batch_size : (step + 1) * config.batch_size]]
+            batch = x[order[step * batch_size : (step + 1) * batch_size]]
             vae.kl_weight = kl_weight(config, epoch, step, steps)
             # Pyro checks every distribution's arguments and values on the first step of each
             # epoch; the data were checked on loading, and a non-finite loss still stops
             # training below, so later steps skip those checks.
             try:
                 with pyro.validation_enabled(step == 0):
-                    loss = svi.step(batch)
+                    loss = step_fn(batch)
             except ValueError as err:  # Pyro's validation: a parameter left its support
                 raise _diverged(epoch, step, str(err).splitlines()[0]) from None
             if not math.isfinite(loss):
@@ -226,7 +250,26 @@ def _train_epoch(svi, vae, x, config, epoch, progress) -> tuple[float, float]:
                 bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
     if x.device.type == "cuda":
         torch.cuda.synchronize()
-    return total, time.perf_counter() - start_time
+    return total, n, time.perf_counter() - start_time
+
+
+def _ddp_step(vae, optim, config, cluster, device):
+    """A training step under DistributedDataParallel: Pyro's −ELBO of this rank's batch
+    through the DDP wrapper, gradients averaged over ranks, one joint optimiser step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    loss_module = distributed.ELBOLoss(vae, build_elbo(config), cluster.world)
+    ddp = DistributedDataParallel(loss_module,
+                                  device_ids=[device] if device.type == "cuda" else None)
+
+    def step(batch: torch.Tensor) -> float:
+        loss = ddp(batch)
+        loss.backward()
+        optim(list(vae.parameters()))
+        optim.optimizer.zero_grad(set_to_none=True)
+        return loss.item() / cluster.world
+
+    return step
 
 
 def _diverged(epoch: int, step: int, reason: str) -> TrainingError:

@@ -1,0 +1,99 @@
+"""Importance-sampled log-likelihood: pyro_vae.evaluate against a plain PyTorch estimator.
+
+    uv run python benchmarks/bench_evaluate.py          # about 3 minutes on 2 CPU cores
+
+Both estimate log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) for the same 784-400-20 model and
+binarised Fashion-MNIST test images, in the same chunks of samples; the plain version writes
+the Bernoulli, Normal and Gaussian-guide densities by hand. Throughput is image-samples per
+second, median of ``--repeats`` alternating runs. Peak memory (maximum resident set size) is
+measured in a fresh process per estimator and K, so the figures at K = 1000 and K = 5000 show
+whether memory grows with K.
+"""
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+import pyro_vae
+from pyro_vae.data import binarize_fixed
+from pyro_vae.evaluate import default_chunk, evaluate
+
+BATCH = 100
+
+
+def model_and_data(images: int):
+    pyro.set_rng_seed(0)
+    vae = pyro_vae.VAE.from_config(pyro_vae.Config(data_shape=(28, 28))).eval()
+    data = pyro_vae.load_data(pyro_vae.Config(limit=1000))
+    return vae, binarize_fixed(data.test[:images])
+
+
+@torch.no_grad()
+def plain_nll(vae, x: torch.Tensor, k: int) -> float:
+    """The same estimator in plain PyTorch, with the same batches and chunks."""
+    body, head, decoder = vae.encoder.body, vae.encoder.head, vae.decoder.net
+    chunk, total = default_chunk(vae, BATCH), 0.0
+    for xb in x.split(BATCH):
+        loc, log_var = head(body(xb)).chunk(2, dim=-1)
+        scale = torch.exp(0.5 * log_var)
+        running = torch.full((xb.shape[0],), -math.inf)
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            z = loc + scale * torch.randn(n, *loc.shape)
+            log_lik = -F.binary_cross_entropy_with_logits(
+                decoder(z), xb.expand(n, *xb.shape), reduction="none").sum(-1)
+            log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+            log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+            running = torch.logaddexp(running, (log_lik + log_prior - log_q).logsumexp(0))
+        total -= float((running - math.log(k)).sum())
+    return total / x.shape[0]
+
+
+def ours_nll(vae, x, k) -> float:
+    return evaluate(vae, x, iwae_samples=k, batch_size=BATCH, progress=False)["nll"]
+
+
+def peak_memory(which: str, k: int, images: int) -> float:
+    """Maximum resident set size in MiB of a fresh process that runs one estimate."""
+    code = (f"import sys; sys.path.insert(0, 'benchmarks'); import bench_evaluate as b; "
+            f"vae, x = b.model_and_data({images}); b.{which}_nll(vae, x, {k}); "
+            "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    vae, x = model_and_data(args.images)
+    work = args.images * args.k
+    for fn in (ours_nll, plain_nll):  # warm-up
+        fn(vae, x[:BATCH], 100)
+    times = {"ours": [], "plain": []}
+    for _ in range(args.repeats):
+        for name, fn in (("ours", ours_nll), ("plain", plain_nll)):
+            start = time.perf_counter()
+            fn(vae, x, args.k)
+            times[name].append(time.perf_counter() - start)
+    ours, plain = (work / statistics.median(times[n]) for n in ("ours", "plain"))
+    print(f"throughput (image-samples/s, K = {args.k}): pyro_vae {ours:.0f}, plain {plain:.0f}, "
+          f"ratio {ours / plain:.2f}")
+    for k in (1000, 5000):
+        mib = {which: peak_memory(which, k, args.images) for which in ("ours", "plain")}
+        print(f"peak memory at K = {k}: pyro_vae {mib['ours']:.0f} MiB, "
+              f"plain {mib['plain']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
