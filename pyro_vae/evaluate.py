@@ -22,7 +22,7 @@ import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .guides import DeltaGuide, GaussianGuide
 from .model import VAE
 from .priors import FlatPrior
@@ -125,6 +125,9 @@ def evaluate(
     ConfigError
         For a point-mass guide without ``proposal_scale``, a proposal scale with another guide,
         or a flat prior (p(x) is not defined).
+    DataError
+        For non-finite data or values the likelihood cannot score (a binarising Bernoulli model
+        needs the binary draw, as :func:`pyro_vae.data.load_eval_data` returns it).
     """
     delta = isinstance(vae.encoder, DeltaGuide)
     if isinstance(vae.prior, FlatPrior):
@@ -140,12 +143,19 @@ def evaluate(
     if not delta and proposal_scale is not None:
         raise ConfigError("--proposal-scale is for point-mass guides (--guide delta) only")
     vae.eval()
+    # The data are checked once here, so Pyro's checks of every chunk's values can be skipped.
+    binary = vae.config is not None and vae.config.binarization is not None
+    what = "the data to evaluate"
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{what} contain NaN or infinite values; remove or impute them first")
+    vae.likelihood.check_support(x, what, "none" if binary else None)
     proposal = gaussian_proposal(vae, proposal_scale) if delta else None
     chunk = chunk_size or default_chunk(vae, batch_size)
     kl_dims = _KLPerDim(vae)
     log_px, neg_elbo, rec, means = [], 0.0, 0.0, []
-    for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
-                      disable=None if progress else True, leave=False):
+    batches = tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
+                   disable=None if progress else True, leave=False)
+    for start in batches:
         xb = x[start : start + batch_size]
         running = torch.full((xb.shape[0],), -math.inf, device=x.device)
         # E_q[z|x]: the location for Gaussian and point-mass guides, a sample mean for flows.
@@ -153,7 +163,8 @@ def evaluate(
         sum_z = torch.zeros(xb.shape[0], vae.z_dim, device=x.device)
         for k in range(0, iwae_samples, chunk):
             n = min(chunk, iwae_samples - k)
-            log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal)
+            with pyro.validation_enabled(False):
+                log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal)
             running = torch.logaddexp(running, log_w.logsumexp(0))
             neg_elbo -= float(log_w.sum())
             rec -= float(log_lik.sum())
