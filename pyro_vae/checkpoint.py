@@ -11,24 +11,28 @@ import csv
 import io
 import json
 import os
+import random
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import FORMAT, Config
+from .config import FORMAT, FORMAT_VERSION, Config
 from .errors import CheckpointError, RunDirError
 from .model import VAE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.csv"
+TRAINING_STATE_FILE = "training_state.safetensors"
 #: Every file ``fit`` writes; ``--overwrite`` removes these and nothing else, ``config.json``
 #: last so that an interrupted removal still leaves a folder recognisable as a run.
 RUN_FILES = (
+    TRAINING_STATE_FILE,
     WEIGHTS_FILE,
     METRICS_FILE,
     "training_curve.png",
@@ -214,3 +218,108 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(Path(run_dir) / METRICS_FILE, buffer.getvalue().encode())
+
+
+def capture_rng() -> tuple:
+    """The current torch, numpy and Python RNG states, for :func:`restore_rng`."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    return (torch.get_rng_state(), torch.from_numpy(np_state[1].astype(np.int64)),
+            [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            torch.tensor(py_state[1], dtype=torch.int64), [py_state[0], py_state[2]])
+
+
+def _put_rng(tensors: dict, metadata: dict, prefix: str, rng: tuple) -> None:
+    torch_state, np_keys, np_rest, py_ints, py_rest = rng
+    tensors.update({f"{prefix}.torch": torch_state, f"{prefix}.numpy": np_keys,
+                    f"{prefix}.python": py_ints})
+    metadata.update({f"{prefix}.numpy": json.dumps(np_rest),
+                     f"{prefix}.python": json.dumps(py_rest)})
+
+
+def _get_rng(tensors: dict, metadata: dict, prefix: str) -> tuple | None:
+    if f"{prefix}.torch" not in tensors:
+        return None
+    return (tensors[f"{prefix}.torch"], tensors[f"{prefix}.numpy"],
+            json.loads(metadata[f"{prefix}.numpy"]), tensors[f"{prefix}.python"],
+            json.loads(metadata[f"{prefix}.python"]))
+
+
+def save_training_state(run_dir: str | os.PathLike, vae: VAE, optimizer_state: dict,
+                        progress: dict, epoch_start_rng: tuple | None = None) -> None:
+    """Write everything needed to continue training exactly, as one safetensors file.
+
+    ``training_state.safetensors`` holds the weights (``model.*``), the optimiser's state
+    tensors (``optim.{i}.{name}``), the RNG states of torch, numpy and Python (``rng.*``), and
+    as metadata the optimiser's parameter groups, the rest of the RNG states and ``progress``
+    (completed epochs and the metrics rows so far, and for a run stopped mid-epoch a
+    ``partial`` entry with the step reached; then ``epoch_start_rng``, the RNG states at the
+    start of that epoch, lets the epoch's data order be drawn again). One file, written
+    atomically: a crash leaves the previous state or the new one. Reading it never unpickles
+    anything.
+    """
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    for index, per_param in optimizer_state["state"].items():
+        for name, value in per_param.items():
+            tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "progress": json.dumps(progress),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+    }
+    _put_rng(tensors, metadata, "rng", capture_rng())
+    if epoch_start_rng is not None:
+        _put_rng(tensors, metadata, "rng_start", epoch_start_rng)
+    atomic_write_bytes(Path(run_dir) / TRAINING_STATE_FILE, save_safetensors(tensors, metadata))
+
+
+def load_training_state(run_dir: str | os.PathLike) -> dict:
+    """Read ``training_state.safetensors``: ``model`` and ``optimizer`` state dicts,
+    ``progress`` and ``rng`` (pass it to :func:`restore_rng`).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, truncated, corrupted or not pyro_vae's.
+    """
+    from safetensors import safe_open
+
+    path = Path(run_dir) / TRAINING_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing, so the run cannot be resumed (it was written before resuming "
+            "existed, or no epoch finished); start a new run"
+        )
+    try:
+        tensors = load_safetensors(path.read_bytes())
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError("not a pyro_vae training state")
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        return {
+            "model": {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+            "optimizer": {"state": state, "param_groups": json.loads(meta["param_groups"])},
+            "progress": json.loads(meta["progress"]),
+            "rng": _get_rng(tensors, meta, "rng"),
+            "epoch_start_rng": _get_rng(tensors, meta, "rng_start"),
+        }
+    except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); the run cannot be "
+            "resumed, start a new one"
+        ) from None
+
+
+def restore_rng(rng: tuple) -> None:
+    """Set the torch, numpy and Python RNGs to the states :func:`load_training_state` read."""
+    torch_state, np_keys, np_rest, py_ints, py_rest = rng
+    torch.set_rng_state(torch_state.to(torch.uint8))
+    name, pos, has_gauss, cached = np_rest
+    np.random.set_state((name, np_keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, gauss_next = py_rest
+    random.setstate((version, tuple(int(v) for v in py_ints.tolist()), gauss_next))

@@ -110,10 +110,15 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; runs on CPU are reproducible.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
+@click.option("--out", type=click.Path(), help="Run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace the pyro_vae run already in --out.")
+@click.option("--resume", type=click.Path(),
+              help="Continue this run from its last completed epoch with its own options; "
+                   "only --epochs (the new total) may be given.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
+@click.pass_context
+def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None, quiet: bool,
+        **options) -> None:
     """Train a VAE with SVI and write a run directory to --out.
 
     \b
@@ -126,13 +131,33 @@ def fit(out: str, overwrite: bool, quiet: bool, **options) -> None:
       samples.png          64 draws of the mean of p(x|z), z ~ p(z) (not for --prior none)
       reconstructions.png  rows of test images, the binary draw the model scores
                            (binarised Bernoulli only) and the reconstruction
+      training_state.safetensors
+                           weights, optimiser and RNG states for --resume (every epoch)
     """
+    from click.core import ParameterSource
+
     from .distributed import cluster_from_env
+    from .errors import ConfigError
     from .train import fit as fit_vae
 
-    config = Config(**options)
     started = time.perf_counter()
-    result = fit_vae(config, out, overwrite=overwrite, progress=not quiet)
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in (*options, "out", "overwrite")
+                 if name != "epochs" and ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+        if given:
+            raise ConfigError(
+                f"--resume takes every option from the run's config.json; drop {', '.join(given)} "
+                "(only --epochs may be given)"
+            )
+        epochs = {} if ctx.get_parameter_source("epochs") == ParameterSource.DEFAULT else {
+            "epochs": options["epochs"]}
+        result = fit_vae(resume=resume, progress=not quiet, **epochs)
+        out = resume
+    else:
+        if out is None:
+            raise ConfigError("give --out RUN_DIR for a new run, or --resume RUN_DIR")
+        config = Config(**options)
+        result = fit_vae(config, out, overwrite=overwrite, progress=not quiet)
     cluster = cluster_from_env()
     if cluster is not None and not cluster.is_main:
         return  # under torchrun, rank 0 reports

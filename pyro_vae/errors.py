@@ -28,3 +28,8 @@ class CheckpointError(PyroVAEError):
 
 class TrainingError(PyroVAEError):
     """Training cannot go on: the loss or a distribution's parameters became non-finite."""
+
+
+class TrainingInterrupted(PyroVAEError):
+    """Training stopped on SIGINT or SIGTERM after finishing a step; the message says how to
+    resume."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +21,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed, plots
 from .config import Config
 from .data import Data, binarize, binarize_fixed, load_data, prepare_data
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .model import VAE
 from .objectives import build_elbo, sampled_kl_sites
 from .optim import JointOptim
@@ -89,6 +93,7 @@ def fit(
     overwrite: bool = False,
     progress: bool = True,
     data: Data | None = None,
+    resume: str | Path | None = None,
     **options,
 ) -> FitResult:
     """Train a VAE with SVI and the objective ``config.elbo`` names, and return it.
@@ -109,6 +114,10 @@ def fit(
     data : Data, optional
         Data already in memory, instead of loading ``config.dataset``; ``config.limit`` and
         the checks of :func:`pyro_vae.data.check_data` still apply.
+    resume : path, optional
+        Continue the run in this directory from its last completed epoch, with its own
+        configuration; only ``epochs`` (the total) may be given. On the CPU the continued run
+        reproduces the uninterrupted one: same metrics, same weights.
 
     Returns
     -------
@@ -126,16 +135,25 @@ def fit(
     TrainingError
         If the loss becomes non-finite. An old run in ``out`` is only replaced once the first
         epoch has trained, and the last completed epoch's checkpoint stays loadable.
+    CheckpointError
+        With ``resume``, if the run has no usable training state.
     """
+    state = None
+    if resume is not None:
+        config, out, state = _resume(resume, config, options)
+        overwrite, options = False, {}
     config = (config or Config()).replace(**options)
     device = resolve_device(config.device)
     cluster = distributed.cluster_from_env()
+    if cluster is not None and state is not None:
+        raise ConfigError("resuming a run under torchrun is not supported yet; resume it in "
+                          "one process")
     if cluster is not None:  # launched by torchrun: one process of a data-parallel group
         distributed.check_batch(config.batch_size, cluster)
         device = distributed.start(cluster, device)
         if not cluster.is_main:
             out, progress = None, False  # rank 0 alone writes and reports
-    if out is not None:
+    if out is not None and state is None:
         checkpoint.check_run_dir(out, overwrite)
     if data is None:
         data = load_data(config)
@@ -144,11 +162,70 @@ def fit(
         config = config.replace(dataset=data.source or "in-memory data")
     config = config.replace(data_shape=data.data_shape)
     # Parameters live in the modules; the param-store scope keeps Pyro's global store as it was.
-    with pyro.validation_enabled(True), pyro.get_param_store().scope():
-        return _fit(config, data, device, out, overwrite, progress, cluster)
+    with pyro.validation_enabled(True), pyro.get_param_store().scope(), \
+            _stop_on_signals(enabled=cluster is None) as stop:
+        return _fit(config, data, device, out, overwrite, progress, cluster, state, stop)
 
 
-def _fit(config, data, device, out, overwrite, progress, cluster=None) -> FitResult:
+def _resume(run_dir, config, options) -> tuple[Config, Path, dict]:
+    """The config, run directory and training state of the run to continue."""
+    if config is not None or set(options) - {"epochs"}:
+        raise ConfigError(
+            "--resume takes every option from the run's config.json; give only --epochs "
+            "(the new total)"
+        )
+    config = checkpoint.read_config(run_dir)
+    state = checkpoint.load_training_state(run_dir)
+    for leftover in Path(run_dir).glob(".*.tmp"):  # from writes a killed process never finished
+        leftover.unlink(missing_ok=True)
+    done = state["progress"]["epoch"]
+    epochs = options.get("epochs", config.epochs)
+    if epochs <= done:
+        raise ConfigError(
+            f"the run in {run_dir} has trained {done} epochs already; give --epochs N with "
+            f"N > {done} to continue it"
+        )
+    return config.replace(epochs=epochs), Path(run_dir), state
+
+
+class _StopRequest:
+    """Set by the first SIGINT or SIGTERM: finish the current step, save, stop."""
+
+    requested = False
+
+
+class _Stopped(Exception):
+    def __init__(self, step: int, total: float, seconds: float):
+        super().__init__(step)
+        self.step, self.total, self.seconds = step, total, seconds
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool = True):
+    """Turn SIGINT and SIGTERM into a request to stop after the current step; a second SIGINT
+    quits at once (every file is written atomically, so the last checkpoint stays whole).
+    Signal handlers can only be set from the main thread; elsewhere nothing changes."""
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        stop.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.stderr.write("\nstopping after this step and saving the run; "
+                         "press Ctrl-C again to quit at once\n")
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fit(config, data, device, out, overwrite, progress, cluster=None, state=None,
+         stop=None) -> FitResult:
     pyro.set_rng_seed(config.seed)
     vae = VAE.from_config(config).to(device)
     train_x, test_x = data.train.to(device), data.test.to(device)
@@ -173,11 +250,33 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None) -> FitRes
             else:
                 warnings.warn(message, stacklevel=3)
     bits = vae.likelihood.discrete and config.guide != "delta"
-    run_dir, rows = None, []
-    for epoch in range(1, config.epochs + 1):
+    run_dir, rows, first, partial = None, [], 1, None
+    if state is not None:  # continue where the run stopped, with its exact RNG states
+        vae.load_state_dict(state["model"])
+        optim.set_state(state["optimizer"])
+        run_dir, rows = Path(out), state["progress"]["rows"]
+        first = state["progress"]["epoch"] + 1
+        partial = state["progress"].get("partial")
+        if partial is None:
+            checkpoint.restore_rng(state["rng"])
+        else:  # stopped mid-epoch: redraw that epoch's data order, then go on from its step
+            checkpoint.restore_rng(state["epoch_start_rng"])
+            partial = {**partial, "rng": state["rng"]}
+    for epoch in range(first, config.epochs + 1):
+        if stop is not None and stop.requested and run_dir is not None:  # between epochs
+            raise TrainingInterrupted(
+                f"interrupted after epoch {epoch - 1}; the state is saved, continue with: "
+                f"pyro-vae fit --resume {run_dir} --epochs {config.epochs}"
+            )
+        epoch_start_rng = checkpoint.capture_rng()
         x_epoch = binarize(train_x) if config.binarization == "dynamic" else train_x
-        total, seen, seconds = _train_epoch(step_fn, vae, x_epoch, config, epoch, progress,
-                                            cluster)
+        try:
+            total, seen, seconds = _train_epoch(step_fn, vae, x_epoch, config, epoch, progress,
+                                                cluster, stop, partial)
+        except _Stopped as stopped:
+            raise _interrupted(run_dir, vae, optim, rows, epoch, stopped, epoch_start_rng,
+                               config) from None
+        partial = None
         if cluster is not None:
             total, seen = (distributed.all_sum(v, device) for v in (total, seen))
         vae.eval()
@@ -203,16 +302,39 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None) -> FitRes
             checkpoint.save(vae, run_dir)
             checkpoint.write_metrics(run_dir, rows)
             plots.save_training_curve(rows, run_dir / "training_curve.png")
+            checkpoint.save_training_state(run_dir, vae, optim.get_state(),
+                                           {"epoch": epoch, "rows": rows})
     if run_dir is not None and data.is_image:
         _save_pictures(vae, data, test_x, run_dir)
     return FitResult(vae, rows)
 
 
-def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None):
+def _interrupted(run_dir, vae, optim, rows, epoch, stopped, epoch_start_rng, config):
+    """Save a mid-epoch training state (when the run has a directory) and say how to resume."""
+    if run_dir is None:
+        return TrainingInterrupted(
+            f"interrupted in epoch {epoch}, step {stopped.step}, before the run directory held "
+            "a finished epoch; nothing was written, start again"
+        )
+    partial = {"epoch": epoch, "step": stopped.step, "total": stopped.total,
+               "seconds": stopped.seconds}
+    checkpoint.save_training_state(run_dir, vae, optim.get_state(),
+                                   {"epoch": epoch - 1, "rows": rows, "partial": partial},
+                                   epoch_start_rng=epoch_start_rng)
+    return TrainingInterrupted(
+        f"interrupted in epoch {epoch} after step {stopped.step}; the state is saved, continue "
+        f"with: pyro-vae fit --resume {run_dir} --epochs {config.epochs}"
+    )
+
+
+def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None, stop=None,
+                 partial=None):
     """One pass of SVI steps over a random permutation of x.
 
     Under torchrun every rank draws the same permutation (seeded by seed and epoch) and steps
-    through its own shard with its share of the batch. Returns (summed loss, images, seconds).
+    through its own shard with its share of the batch. ``partial`` continues an epoch stopped
+    after ``partial["step"]`` steps; after each step a set ``stop`` request raises
+    :class:`_Stopped`. Returns (summed loss, images, seconds).
     """
     if cluster is None:
         order = torch.randperm(x.shape[0], device=x.device)
@@ -225,13 +347,18 @@ def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None):
     n = order.shape[0]
     steps = math.ceil(n / batch_size)
     vae.train()
-    total, start_time = 0.0, time.perf_counter()
+    first_step, total, earlier = 0, 0.0, 0.0
+    if partial is not None:  # the permutation is drawn again above; now the later RNG state
+        checkpoint.restore_rng(partial["rng"])
+        first_step, total, earlier = partial["step"], partial["total"], partial["seconds"]
+    start_time = time.perf_counter() - earlier
     with tqdm(
         # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
         total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img",
         disable=None if progress else True, leave=False, dynamic_ncols=True,
+        initial=min(n, first_step * batch_size),
     ) as bar:
-        for step in range(steps):
+        for step in range(first_step, steps):
             batch = x[order[step * batch_size : (step + 1) * batch_size]]
             vae.kl_weight = kl_weight(config, epoch, step, steps)
             # Pyro checks every distribution's arguments and values on the first step of each
@@ -248,6 +375,8 @@ def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None):
             bar.update(batch.shape[0])
             if step % 20 == 0:
                 bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
+            if stop is not None and stop.requested and step + 1 < steps:
+                raise _Stopped(step + 1, total, time.perf_counter() - start_time)
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return total, n, time.perf_counter() - start_time

@@ -40,7 +40,7 @@ def trained_run(fmnist_npz, tmp_path_factory):
 def test_fit_writes_a_complete_run_directory(trained_run):
     names = sorted(p.name for p in trained_run.iterdir())
     assert names == ["config.json", "metrics.csv", "model.safetensors", "reconstructions.png",
-                     "samples.png", "training_curve.png"]
+                     "samples.png", "training_curve.png", "training_state.safetensors"]
     rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"epoch", "train_seconds", "train_neg_elbo", "test_neg_elbo"} <= set(rows[0])
@@ -495,3 +495,144 @@ def test_flat_prior_models_cannot_draw_a_manifold_and_one_unit_models_map(fmnist
 def test_evaluate_refuses_non_finite_proposal_scales(value, trained_run):
     result = run("evaluate", trained_run, "--proposal-scale", value, "--limit", 5)
     assert result.exit_code == 1 and "--proposal-scale must be positive" in result.output
+
+
+def test_resume_continues_exactly_where_an_interrupted_run_stopped(fmnist_npz, tmp_path):
+    options = ["--dataset", fmnist_npz, *SMALL]
+    assert run("fit", *options, "--epochs", 3, "--out", tmp_path / "whole").exit_code == 0
+    assert run("fit", *options, "--epochs", 1, "--out", tmp_path / "part").exit_code == 0
+    result = run("fit", "--resume", tmp_path / "part", "--epochs", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+
+    def rows(run_dir):
+        return [{k: v for k, v in r.items() if k != "train_seconds"}
+                for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+
+    assert rows(tmp_path / "whole") == rows(tmp_path / "part")
+    from pyro_vae import load
+
+    whole, part = load(tmp_path / "whole"), load(tmp_path / "part")
+    for (name, a), b in zip(whole.state_dict().items(), part.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other-option", "drop --z-dim"),
+    ("no-more-epochs", "N > 2"),
+    ("no-state", "cannot be resumed"),
+    ("corrupted-state", "truncated or corrupted"),
+    ("pickled-state", "truncated or corrupted"),
+])
+def test_resume_refuses_what_it_cannot_continue(case, message, trained_run, tmp_path):
+    import pickle
+
+    target = tmp_path / "run"
+    shutil.copytree(trained_run, target)
+    state = target / "training_state.safetensors"
+    marker = tmp_path / "pwned"
+    args = ["--epochs", 4]
+    if case == "other-option":
+        args += ["--z-dim", 3]
+    elif case == "no-more-epochs":
+        args = ["--epochs", 2]
+    elif case == "no-state":
+        state.unlink()
+    elif case == "corrupted-state":
+        state.write_bytes(state.read_bytes()[:500])
+    else:
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        state.write_bytes(pickle.dumps(Payload()))
+    before = snapshot(target)
+    result = run("fit", "--resume", target, *args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], lines
+    assert snapshot(target) == before and not marker.exists()
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_run_and_resuming_matches_an_uninterrupted_run(
+    signum, fmnist_npz, tmp_path
+):
+    import signal
+    import time
+
+    from pyro_vae import fit, load
+    from pyro_vae.checkpoint import load_training_state
+
+    out = tmp_path / "run"
+    options = dict(hidden=(64,), z_dim=8, batch_size=20)
+    args = ["--dataset", fmnist_npz, "--hidden", 64, "--z-dim", 8, "--batch-size", 20]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "fit", *map(str, args), "--epochs", "40",
+         "--quiet", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside a later epoch
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "--resume" in err.strip().splitlines()[-1]
+    state = load_training_state(out)
+    epoch = state["progress"].get("partial", {}).get("epoch", state["progress"]["epoch"] + 1)
+    load(out)  # the weights of the last finished epoch load
+    result = run("fit", "--resume", out, "--epochs", epoch, "--quiet")
+    assert result.exit_code == 0, result.output
+    _, whole = fit(dataset=str(fmnist_npz), epochs=epoch, progress=False, **options)
+    resumed = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(resumed) == epoch
+    for a, b in zip(resumed, whole):
+        assert float(a["test_neg_elbo"]) == pytest.approx(b["test_neg_elbo"], abs=1e-3)
+        assert float(a["train_neg_elbo"]) == pytest.approx(b["train_neg_elbo"], abs=1e-3)
+
+
+def test_sigkill_at_random_moments_always_leaves_a_loadable_run(fmnist_npz, tmp_path):
+    """20 kills at random moments, checkpoint writes included: the survivor always loads and
+    resumes. Each round resumes the run the previous kill left."""
+    import random
+    import signal
+    import time
+
+    from pyro_vae import load
+    from pyro_vae.checkpoint import load_training_state
+
+    out = tmp_path / "run"
+    rng = random.Random(0)
+    fit_args = [sys.executable, "-m", "pyro_vae.cli", "fit", "--quiet"]
+    first = [*fit_args, "--dataset", str(fmnist_npz), "--hidden", "32", "--z-dim", "4",
+             "--batch-size", "50", "--epochs", "10000", "--out", str(out)]
+    for round_ in range(20):
+        command = first if round_ == 0 else [*fit_args, "--resume", str(out), "--epochs", "10000"]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not (out / "training_state.safetensors").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        load(out)
+        load_training_state(out)
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) <= 1, "resuming clears what a killed write left behind"
+
+
+def test_a_pickle_planted_as_config_json_is_refused_without_running(trained_run, tmp_path):
+    import pickle
+
+    target = tmp_path / "run"
+    shutil.copytree(trained_run, target)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (target / "config.json").write_bytes(pickle.dumps(Payload()))
+    result = run("sample", target, "--out", tmp_path / "g.png")
+    assert result.exit_code == 1 and "not valid JSON" in result.output
+    assert not marker.exists()
