@@ -17,6 +17,7 @@ from .errors import (
     PyroVAEError,
     RunDirError,
     TrainingError,
+    TrainingInterrupted,
 )
 from .model import VAE
 from .train import FitResult, fit
@@ -32,6 +33,7 @@ __all__ = [
     "PyroVAEError",
     "RunDirError",
     "TrainingError",
+    "TrainingInterrupted",
     "fit",
     "load",
     "load_data",

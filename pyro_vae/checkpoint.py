@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import re
 import uuid
 from pathlib import Path
 
@@ -189,6 +190,14 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
         raise RunDirError(f"--out {run_dir}: {parent} is not writable; pick another folder")
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
+    """Delete the temporary files that writes of a killed process left (our pattern only)."""
+    pattern = re.compile(r"^\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{32}\.tmp$")
+    for path in Path(run_dir).iterdir():
+        if pattern.match(path.name):
+            path.unlink(missing_ok=True)
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
     """:func:`check_run_dir`, then create ``run_dir``, removing an old run's files."""
     check_run_dir(run_dir, overwrite)
@@ -220,32 +229,37 @@ def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
     atomic_write_bytes(Path(run_dir) / METRICS_FILE, buffer.getvalue().encode())
 
 
-def capture_rng() -> tuple:
-    """The current torch, numpy and Python RNG states, for :func:`restore_rng`."""
+def capture_rng() -> dict:
+    """The current RNG states of torch (CPU and every CUDA device), numpy and Python, for
+    :func:`restore_rng`: tensors, plus small JSON-able values."""
     np_state, py_state = np.random.get_state(), random.getstate()
-    return (torch.get_rng_state(), torch.from_numpy(np_state[1].astype(np.int64)),
-            [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            torch.tensor(py_state[1], dtype=torch.int64), [py_state[0], py_state[2]])
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "python": torch.tensor(py_state[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    values = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+              "python": [py_state[0], py_state[2]]}
+    return {"tensors": tensors, "values": values}
 
 
-def _put_rng(tensors: dict, metadata: dict, prefix: str, rng: tuple) -> None:
-    torch_state, np_keys, np_rest, py_ints, py_rest = rng
-    tensors.update({f"{prefix}.torch": torch_state, f"{prefix}.numpy": np_keys,
-                    f"{prefix}.python": py_ints})
-    metadata.update({f"{prefix}.numpy": json.dumps(np_rest),
-                     f"{prefix}.python": json.dumps(py_rest)})
+def _put_rng(tensors: dict, metadata: dict, prefix: str, rng: dict) -> None:
+    tensors.update({f"{prefix}.{k}": v for k, v in rng["tensors"].items()})
+    metadata[prefix] = json.dumps(rng["values"])
 
 
-def _get_rng(tensors: dict, metadata: dict, prefix: str) -> tuple | None:
-    if f"{prefix}.torch" not in tensors:
+def _get_rng(tensors: dict, metadata: dict, prefix: str) -> dict | None:
+    if prefix not in metadata:
         return None
-    return (tensors[f"{prefix}.torch"], tensors[f"{prefix}.numpy"],
-            json.loads(metadata[f"{prefix}.numpy"]), tensors[f"{prefix}.python"],
-            json.loads(metadata[f"{prefix}.python"]))
+    start = f"{prefix}."
+    return {"tensors": {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)},
+            "values": json.loads(metadata[prefix])}
 
 
 def save_training_state(run_dir: str | os.PathLike, vae: VAE, optimizer_state: dict,
-                        progress: dict, epoch_start_rng: tuple | None = None) -> None:
+                        progress: dict, epoch_start_rng: dict | None = None) -> None:
     """Write everything needed to continue training exactly, as one safetensors file.
 
     ``training_state.safetensors`` holds the weights (``model.*``), the optimiser's state
@@ -282,8 +296,6 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
     CheckpointError
         If the file is missing, truncated, corrupted or not pyro_vae's.
     """
-    from safetensors import safe_open
-
     path = Path(run_dir) / TRAINING_STATE_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -291,11 +303,13 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
             "existed, or no epoch finished); start a new run"
         )
     try:
-        tensors = load_safetensors(path.read_bytes())
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError("not a pyro_vae training state")
+        data = path.read_bytes()
+        tensors = load_safetensors(data)
+        # The metadata of the same bytes (safetensors: 8-byte header length, JSON header).
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
+            raise ValueError("not a training state of this pyro_vae version")
         state: dict = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -304,22 +318,32 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
         return {
             "model": {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
             "optimizer": {"state": state, "param_groups": json.loads(meta["param_groups"])},
-            "progress": json.loads(meta["progress"]),
+            "progress": _checked_progress(json.loads(meta["progress"])),
             "rng": _get_rng(tensors, meta, "rng"),
             "epoch_start_rng": _get_rng(tensors, meta, "rng_start"),
         }
-    except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as err:
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError,
+            json.JSONDecodeError) as err:
         raise CheckpointError(
             f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); the run cannot be "
             "resumed, start a new one"
         ) from None
 
 
-def restore_rng(rng: tuple) -> None:
-    """Set the torch, numpy and Python RNGs to the states :func:`load_training_state` read."""
-    torch_state, np_keys, np_rest, py_ints, py_rest = rng
-    torch.set_rng_state(torch_state.to(torch.uint8))
-    name, pos, has_gauss, cached = np_rest
-    np.random.set_state((name, np_keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, gauss_next = py_rest
-    random.setstate((version, tuple(int(v) for v in py_ints.tolist()), gauss_next))
+def _checked_progress(progress: dict) -> dict:
+    if not isinstance(progress.get("epoch"), int) or not isinstance(progress.get("rows"), list):
+        raise ValueError("progress lacks epoch or rows")
+    return progress
+
+
+def restore_rng(rng: dict) -> None:
+    """Set the RNGs to the states :func:`capture_rng` took (CUDA's when both have them)."""
+    tensors, values = rng["tensors"], rng["values"]
+    torch.set_rng_state(tensors["torch"].to(torch.uint8))
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"].to(torch.uint8)))
+    name, pos, has_gauss, cached = values["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss,
+                         cached))
+    version, gauss_next = values["python"]
+    random.setstate((version, tuple(int(v) for v in tensors["python"].tolist()), gauss_next))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed, plots
 from .config import Config
 from .data import Data, binarize, binarize_fixed, load_data, prepare_data
-from .errors import ConfigError, TrainingError, TrainingInterrupted
+from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from .model import VAE
 from .objectives import build_elbo, sampled_kl_sites
 from .optim import JointOptim
@@ -137,6 +137,9 @@ def fit(
         epoch has trained, and the last completed epoch's checkpoint stays loadable.
     CheckpointError
         With ``resume``, if the run has no usable training state.
+    TrainingInterrupted
+        On SIGINT or SIGTERM, after the current step; with a run directory, the state is saved
+        first (``training_state.safetensors``) and the message says how to resume.
     """
     state = None
     if resume is not None:
@@ -148,6 +151,9 @@ def fit(
     if cluster is not None and state is not None:
         raise ConfigError("resuming a run under torchrun is not supported yet; resume it in "
                           "one process")
+    if cluster is not None and config.elbo == "iwae":
+        raise ConfigError("--elbo iwae is not supported under torchrun yet (Pyro's RenyiELBO has "
+                          "no differentiable loss for DistributedDataParallel); use one process")
     if cluster is not None:  # launched by torchrun: one process of a data-parallel group
         distributed.check_batch(config.batch_size, cluster)
         device = distributed.start(cluster, device)
@@ -176,8 +182,11 @@ def _resume(run_dir, config, options) -> tuple[Config, Path, dict]:
         )
     config = checkpoint.read_config(run_dir)
     state = checkpoint.load_training_state(run_dir)
-    for leftover in Path(run_dir).glob(".*.tmp"):  # from writes a killed process never finished
-        leftover.unlink(missing_ok=True)
+    if state["progress"].get("world", 1) != 1:
+        raise ConfigError(
+            f"the run in {run_dir} was trained by {state['progress']['world']} processes under "
+            "torchrun; resuming such runs is not supported yet"
+        )
     done = state["progress"]["epoch"]
     epochs = options.get("epochs", config.epochs)
     if epochs <= done:
@@ -185,6 +194,7 @@ def _resume(run_dir, config, options) -> tuple[Config, Path, dict]:
             f"the run in {run_dir} has trained {done} epochs already; give --epochs N with "
             f"N > {done} to continue it"
         )
+    checkpoint.remove_stale_temporaries(run_dir)  # after every check: a refusal changes nothing
     return config.replace(epochs=epochs), Path(run_dir), state
 
 
@@ -216,7 +226,10 @@ def _stop_on_signals(enabled: bool = True):
         sys.stderr.write("\nstopping after this step and saving the run; "
                          "press Ctrl-C again to quit at once\n")
 
-    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A process started with SIGINT ignored (nohup, background jobs) keeps ignoring it.
+    watched = [sig for sig in (signal.SIGINT, signal.SIGTERM)
+               if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, request) for sig in watched}
     try:
         yield stop
     finally:
@@ -231,8 +244,9 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
     train_x, test_x = data.train.to(device), data.test.to(device)
     if config.binarization in ("dynamic", "static"):
         test_x = binarize_fixed(test_x)
-    if config.binarization == "static":
-        train_x = binarize(train_x)  # one draw from the seeded RNG, kept for the whole run
+    if config.binarization == "static":  # one draw of its own, kept for the whole run
+        generator = torch.Generator().manual_seed(config.seed)
+        train_x = binarize(train_x.cpu(), generator).to(device)
 
     optim = JointOptim(torch.optim.Adam, vae, {"lr": config.lr}, clip_norm=config.clip_norm)
     if cluster is None:
@@ -252,8 +266,14 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
     bits = vae.likelihood.discrete and config.guide != "delta"
     run_dir, rows, first, partial = None, [], 1, None
     if state is not None:  # continue where the run stopped, with its exact RNG states
-        vae.load_state_dict(state["model"])
-        optim.set_state(state["optimizer"])
+        try:
+            vae.load_state_dict(state["model"])
+            optim.set_state(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            raise CheckpointError(
+                f"the training state in {out} does not match its config.json; the run cannot "
+                "be resumed, start a new one"
+            ) from None
         run_dir, rows = Path(out), state["progress"]["rows"]
         first = state["progress"]["epoch"] + 1
         partial = state["progress"].get("partial")
@@ -299,11 +319,14 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
         if out is not None:
             if run_dir is None:  # the old run goes only once a new epoch is ready to replace it
                 run_dir = checkpoint.prepare_run_dir(out, overwrite)
+            # The self-contained training state first: a kill between the writes leaves a run
+            # that both loads (the previous weights) and resumes (the new state).
+            world = cluster.world if cluster is not None else 1
+            checkpoint.save_training_state(run_dir, vae, optim.get_state(),
+                                           {"epoch": epoch, "rows": rows, "world": world})
             checkpoint.save(vae, run_dir)
             checkpoint.write_metrics(run_dir, rows)
             plots.save_training_curve(rows, run_dir / "training_curve.png")
-            checkpoint.save_training_state(run_dir, vae, optim.get_state(),
-                                           {"epoch": epoch, "rows": rows})
     if run_dir is not None and data.is_image:
         _save_pictures(vae, data, test_x, run_dir)
     return FitResult(vae, rows)
@@ -313,8 +336,8 @@ def _interrupted(run_dir, vae, optim, rows, epoch, stopped, epoch_start_rng, con
     """Save a mid-epoch training state (when the run has a directory) and say how to resume."""
     if run_dir is None:
         return TrainingInterrupted(
-            f"interrupted in epoch {epoch}, step {stopped.step}, before the run directory held "
-            "a finished epoch; nothing was written, start again"
+            f"interrupted in epoch {epoch} after step {stopped.step}; no run directory held a "
+            "finished epoch yet, so nothing was saved"
         )
     partial = {"epoch": epoch, "step": stopped.step, "total": stopped.total,
                "seconds": stopped.seconds}

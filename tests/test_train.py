@@ -87,3 +87,39 @@ def test_fit_leaves_pyros_param_store_as_it_was(fmnist_small):
     pyro.param("users_own", torch.ones(2))
     fit(data=fmnist_small, epochs=1, hidden=(32,), progress=False)
     assert list(store.keys()) == ["users_own"]
+
+
+def test_a_signal_mid_epoch_saves_a_state_that_resumes_exactly(fmnist_npz, tmp_path,
+                                                               monkeypatch):
+    import os
+    import signal
+
+    from pyro_vae import TrainingInterrupted, load
+    from pyro_vae.checkpoint import load_training_state
+    from pyro_vae.optim import JointOptim
+
+    options = dict(dataset=str(fmnist_npz), hidden=(32,), z_dim=4, batch_size=100,
+                   progress=False)
+    step = JointOptim.__call__
+    calls = {"n": 0}
+
+    def step_then_signal(self, params, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 37:  # in epoch 2 of 20 steps each
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(JointOptim, "__call__", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        fit(out=tmp_path / "run", epochs=3, **options)
+    monkeypatch.setattr(JointOptim, "__call__", step)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler restored"
+    state = load_training_state(tmp_path / "run")
+    assert state["progress"]["epoch"] == 1 and state["progress"]["partial"]["step"] == 17
+    _, resumed = fit(resume=tmp_path / "run", epochs=3, progress=False)
+    _, whole = fit(out=tmp_path / "whole", epochs=3, **options)
+    drop = [{k: v for k, v in r.items() if k != "train_seconds"} for r in resumed]
+    assert drop == [{k: v for k, v in r.items() if k != "train_seconds"} for r in whole]
+    a, b = load(tmp_path / "run"), load(tmp_path / "whole")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
