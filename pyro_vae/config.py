@@ -154,24 +154,24 @@ class Config:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.data_shape is not None:
             object.__setattr__(self, "data_shape", tuple(self.data_shape))
-        _positive_int("z_dim", self.z_dim, "--z-dim")
-        _positive_int("epochs", self.epochs, "--epochs")
-        _positive_int("batch_size", self.batch_size, "--batch-size")
+        _positive_int(self.z_dim, "--z-dim")
+        _positive_int(self.epochs, "--epochs")
+        _positive_int(self.batch_size, "--batch-size")
         if self.limit is not None:
-            _positive_int("limit", self.limit, "--limit")
+            _positive_int(self.limit, "--limit")
         if not self.hidden:
             raise ConfigError("--hidden needs at least one layer width, e.g. --hidden 400")
         for width in self.hidden:
-            _positive_int("hidden", width, "--hidden")
-        _positive_float("lr", self.lr, "--lr")
+            _positive_int(width, "--hidden")
+        _positive_float(self.lr, "--lr")
         for name in ("prior_scale", "prior_df", "obs_scale", "min_obs_scale"):
             if getattr(self, name) is not None:
-                _positive_float(name, getattr(self, name), _flag(name))
+                _positive_float(getattr(self, name), _flag(name))
         for name in ("prior_components", "flows"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name), _flag(name))
-        _positive_int("particles", self.particles, "--particles")
-        _positive_float("beta", self.beta, "--beta")
+                _positive_int(getattr(self, name), _flag(name))
+        _positive_int(self.particles, "--particles")
+        _positive_float(self.beta, "--beta")
         if not isinstance(self.kl_warmup, int) or isinstance(self.kl_warmup, bool) or (
             self.kl_warmup < 0
         ):
@@ -179,21 +179,21 @@ class Config:
                 f"--kl-warmup must be a whole number of epochs ≥ 0, got {self.kl_warmup!r}"
             )
         if self.clip_norm is not None:
-            _positive_float("clip_norm", self.clip_norm, "--clip-norm")
+            _positive_float(self.clip_norm, "--clip-norm")
         if self.contractive != 0:
-            _positive_float("contractive", self.contractive, "--contractive")
+            _positive_float(self.contractive, "--contractive")
         parse_corruption(self.corrupt)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not (
             0 <= self.seed < 2**32
         ):
             raise ConfigError(f"--seed must be an integer in [0, 2^32), got {self.seed!r}")
-        _choice("prior", self.prior, tuple(PRIORS), "--prior")
-        _choice("likelihood", self.likelihood, tuple(LIKELIHOODS), "--likelihood")
-        _choice("activation", self.activation, ACTIVATIONS, "--activation")
-        _choice("device", self.device, DEVICES, "--device")
-        _choice("guide", self.guide, tuple(GUIDES), "--guide")
-        _choice("arch", self.arch, ARCHS, "--arch")
-        _choice("elbo", self.elbo, ELBOS, "--elbo")
+        _choice(self.prior, tuple(PRIORS), "--prior")
+        _choice(self.likelihood, tuple(LIKELIHOODS), "--likelihood")
+        _choice(self.activation, ACTIVATIONS, "--activation")
+        _choice(self.device, DEVICES, "--device")
+        _choice(self.guide, tuple(GUIDES), "--guide")
+        _choice(self.arch, ARCHS, "--arch")
+        _choice(self.elbo, ELBOS, "--elbo")
         for name, (part, choices, _) in PART_OPTIONS.items():
             if getattr(self, name) is not None and not self.uses(name):
                 users = f"--{part} {' or '.join(choices)}"
@@ -205,7 +205,7 @@ class Config:
         self._check_combination()
         if self.likelihood == "bernoulli":
             if self.binarize is not None:
-                _choice("binarize", self.binarize, BINARIZE_MODES, "--binarize")
+                _choice(self.binarize, BINARIZE_MODES, "--binarize")
         elif self.binarize is not None:
             raise ConfigError(
                 f"--binarize applies to the bernoulli likelihood only, not {self.likelihood!r}; "
@@ -350,17 +350,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _positive_int(name: str, value: object, flag: str) -> None:
+def _positive_int(value: object, flag: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
 
 
-def _positive_float(name: str, value: object, flag: str) -> None:
+def _positive_float(value: object, flag: str) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{flag} must be a positive finite number, got {value!r}")
 
 
-def _choice(name: str, value: object, choices: tuple[str, ...], flag: str) -> None:
+def _choice(value: object, choices: tuple[str, ...], flag: str) -> None:
     if value not in choices:
         raise ConfigError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")

@@ -70,6 +70,7 @@ class Data:
 
     @property
     def is_image(self) -> bool:
+        """Whether one data point is an (H, W) image, so that it can be drawn."""
         return len(self.data_shape) == 2
 
 

@@ -269,7 +269,7 @@ def save_khat_histogram(khat: np.ndarray, path) -> None:
     ax.set_xlabel("Pareto k̂ of the importance weights")
     ax.set_ylabel("images")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def save_pair_plot(nuts: az.InferenceData, q_draws: np.ndarray, image: int, path,
@@ -293,10 +293,6 @@ def save_pair_plot(nuts: az.InferenceData, q_draws: np.ndarray, image: int, path
             if b == 0:
                 ax.set_ylabel(f"z[{a}]")
     fig.suptitle(f"image {image}: NUTS (grey) and the guide q(z|x) (orange)")
-    _save(fig, path)
-
-
-def _save(fig: Figure, path) -> None:
     save_figure(fig, path, dpi=110)
 
 

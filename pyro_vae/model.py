@@ -95,6 +95,7 @@ class VAE(nn.Module):
 
     @property
     def z_dim(self) -> int:
+        """Dimension of the latent code z."""
         return self.prior.z_dim
 
     def _kl_scale(self):
