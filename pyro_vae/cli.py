@@ -110,6 +110,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed; runs on CPU are reproducible.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--jit/--no-jit", default=None,
+              help="Compile the objective with Pyro's JitTrace_ELBO. Default: whenever the run "
+                   "allows it (--elbo trace without --kl-warmup or --contractive).")
 @click.option("--out", type=click.Path(), help="Run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace the pyro_vae run already in --out.")
 @click.option("--resume", type=click.Path(),

@@ -104,6 +104,11 @@ class Config:
         Training length, minibatch size, Adam learning rate and random seed.
     device : {"auto", "cpu", "cuda"}
         Where parameters and data live; ``"auto"`` picks CUDA when available.
+    jit : bool or None
+        Compile the training objective with ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``).
+        ``None`` compiles whenever the run allows it (see
+        :func:`pyro_vae.objectives.jit_unsupported`), ``True`` requires it, ``False`` turns it
+        off. The compiled objective computes the same numbers as the uncompiled one.
     data_shape : tuple of int or None
         Shape of one data point, e.g. ``(28, 28)``; filled in from the data by ``fit``.
 
@@ -143,6 +148,7 @@ class Config:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    jit: bool | None = None
     data_shape: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -203,6 +209,14 @@ class Config:
                     f"{_flag(name)} applies to {users} only; drop it or choose that {part}"
                 )
         self._check_combination()
+        if self.jit is not None and not isinstance(self.jit, bool):
+            raise ConfigError(f"jit must be true, false or null (automatic), got {self.jit!r}")
+        if self.jit:
+            from .objectives import jit_unsupported
+
+            reason = jit_unsupported(self)
+            if reason is not None:
+                raise ConfigError(f"--jit is not possible here: {reason}; drop --jit")
         if self.likelihood == "bernoulli":
             if self.binarize is not None:
                 _choice(self.binarize, BINARIZE_MODES, "--binarize")

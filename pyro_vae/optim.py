@@ -43,7 +43,8 @@ class JointOptim(PyroOptim):
         self._known = {id(p) for p in self.params}
 
     def __call__(self, params, *args, **kwargs) -> None:
-        """One step over all parameters; ``params`` are those SVI saw in the traces."""
+        """One step over all parameters, ``params`` being those SVI saw in the traces; the
+        gradients are then cleared (set to None)."""
         if any(id(p) not in self._known for p in params):
             raise ValueError("a parameter outside the model reached the optimiser")
         if self.clip_norm is not None:
@@ -51,6 +52,9 @@ class JointOptim(PyroOptim):
                 if p.grad is not None:
                     torch.nn.utils.clip_grad_norm_(p, self.clip_norm)
         self.optimizer.step()
+        # Gradients go, rather than being zeroed: SVI's own zeroing then has nothing to do, and
+        # the next backward pass writes fresh gradients instead of adding to zeros.
+        self.optimizer.zero_grad(set_to_none=True)
 
     def get_state(self) -> dict:
         return self.optimizer.state_dict()

@@ -23,7 +23,7 @@ from .config import Config
 from .data import Data, binarize, binarize_fixed, load_data, prepare_data
 from .errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from .model import VAE
-from .objectives import build_elbo, sampled_kl_sites
+from .objectives import build_elbo, jit_unsupported, sampled_kl_sites
 from .optim import JointOptim
 from .priors import FlatPrior
 
@@ -84,6 +84,62 @@ def kl_weight(config: Config, epoch: int, step: int, steps_per_epoch: int) -> fl
         return config.beta
     progress = ((epoch - 1) * steps_per_epoch + step + 1) / (config.kl_warmup * steps_per_epoch)
     return config.beta * min(1.0, progress)
+
+
+class TrainingStep:
+    """One SVI step on a batch, as :func:`fit` takes it: Pyro's ELBO of ``vae.model`` and
+    ``vae.guide``, its gradient, and one step of ``optim``.
+
+    Steps called with ``validate=True`` (``fit`` does so on the first step of every epoch) run
+    the uncompiled objective with Pyro's validation on, so every distribution's parameters and
+    values are checked. The others run the compiled objective (:func:`build_elbo` with
+    ``jit=True``) where ``config.jit`` allows it, and the uncompiled one otherwise. Both give
+    the same numbers from the same random stream: Pyro records a new trace for each new batch
+    size by running the objective a few times, and that happens here on a copy of the random
+    state, so compiling consumes none of it.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model, in training mode.
+    optim : pyro.optim.PyroOptim
+        Its optimiser, e.g. :class:`~pyro_vae.optim.JointOptim`.
+    config : Config
+        Gives the objective, particles and ``jit``.
+
+    Calling it with a batch (batch, D) returns the loss, −ELBO summed over the batch, in nats.
+    """
+
+    def __init__(self, vae: VAE, optim, config: Config):
+        self.svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
+        self.compiled = self._compiled_elbo = None
+        if config.jit or (config.jit is None and jit_unsupported(config) is None):
+            self._compiled_elbo = build_elbo(config, jit=True)
+            self.compiled = SVI(vae.model, vae.guide, optim, self._compiled_elbo)
+        self._traced_sizes: set[int] = set()
+
+    def __call__(self, batch: torch.Tensor, validate: bool = False) -> float:
+        if validate or self.compiled is None:
+            with pyro.validation_enabled(validate):
+                return self.svi.step(batch)
+        size = batch.shape[0]
+        # The plain interpreter runs the recorded graph, and autograd differentiates it as it
+        # does eager code: TorchScript's optimising executor is slower for these graphs.
+        with pyro.validation_enabled(False), torch.jit.optimized_execution(False):
+            if size not in self._traced_sizes:
+                self._trace(batch)
+            return self.compiled.step(batch, num=size)
+
+    def _trace(self, batch: torch.Tensor) -> None:
+        """Record the objective for this batch size, on a copy of the random state."""
+        devices = [batch.device] if batch.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # torch 2.9+ announces the end of TorchScript; Pyro's JIT objectives still use it.
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=FutureWarning)
+            # SVI's own bound methods: Pyro keys its traces on the model's and guide's ids.
+            self._compiled_elbo.differentiable_loss(
+                self.compiled.model, self.compiled.guide, batch, num=batch.shape[0])
+        self._traced_sizes.add(batch.shape[0])
 
 
 def fit(
@@ -154,6 +210,8 @@ def fit(
     if cluster is not None and config.elbo == "iwae":
         raise ConfigError("--elbo iwae is not supported under torchrun yet (Pyro's RenyiELBO has "
                           "no differentiable loss for DistributedDataParallel); use one process")
+    if cluster is not None and config.jit:
+        raise ConfigError("--jit is not supported under torchrun yet; drop --jit")
     if cluster is not None:  # launched by torchrun: one process of a data-parallel group
         distributed.check_batch(config.batch_size, cluster)
         device = distributed.start(cluster, device)
@@ -250,7 +308,7 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
 
     optim = JointOptim(torch.optim.Adam, vae, {"lr": config.lr}, clip_norm=config.clip_norm)
     if cluster is None:
-        step_fn = SVI(vae.model, vae.guide, optim, build_elbo(config)).step
+        step_fn = TrainingStep(vae, optim, config)
     else:
         step_fn = _ddp_step(vae, optim, config, cluster, device)
         pyro.set_rng_seed(config.seed + cluster.rank)  # own noise per rank; DDP syncs weights
@@ -388,8 +446,7 @@ def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None, stop=No
             # epoch; the data were checked on loading, and a non-finite loss still stops
             # training below, so later steps skip those checks.
             try:
-                with pyro.validation_enabled(step == 0):
-                    loss = step_fn(batch)
+                loss = step_fn(batch, validate=step == 0)
             except ValueError as err:  # Pyro's validation: a parameter left its support
                 raise _diverged(epoch, step, str(err).splitlines()[0]) from None
             if not math.isfinite(loss):
@@ -414,11 +471,11 @@ def _ddp_step(vae, optim, config, cluster, device):
     ddp = DistributedDataParallel(loss_module,
                                   device_ids=[device] if device.type == "cuda" else None)
 
-    def step(batch: torch.Tensor) -> float:
-        loss = ddp(batch)
+    def step(batch: torch.Tensor, validate: bool = False) -> float:
+        with pyro.validation_enabled(validate):
+            loss = ddp(batch)
         loss.backward()
         optim(list(vae.parameters()))
-        optim.optimizer.zero_grad(set_to_none=True)
         return loss.item() / cluster.world
 
     return step

@@ -31,11 +31,15 @@ def test_one_joint_adam_takes_the_same_steps_as_pyros_per_parameter_adam():
 
 def test_clip_norm_clips_each_parameter_gradient():
     _, vae = _twins()
-    optim = JointOptim(torch.optim.SGD, vae, {"lr": 0.0}, clip_norm=0.5)
+    optim = JointOptim(torch.optim.SGD, vae, {"lr": 1.0}, clip_norm=0.5)
+    before = [p.detach().clone() for p in vae.parameters()]
     for p in vae.parameters():
         p.grad = torch.full_like(p, 10.0)
     optim(set(vae.parameters()))
-    assert all(p.grad.norm() <= 0.5 + 1e-6 for p in vae.parameters())
+    # With SGD at lr 1 each parameter moves by exactly its clipped gradient.
+    moves = [(p - b).norm().item() for p, b in zip(vae.parameters(), before)]
+    assert all(abs(m - 0.5) < 1e-4 for m in moves), moves
+    assert all(p.grad is None for p in vae.parameters()), "gradients are cleared after the step"
 
 
 def test_parameters_from_outside_the_model_are_refused():
