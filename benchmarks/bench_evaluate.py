@@ -1,11 +1,12 @@
 """Importance-sampled log-likelihood: pyro_vae.evaluate against a plain PyTorch estimator.
 
-    uv run python benchmarks/bench_evaluate.py          # about 3 minutes on 2 CPU cores
+    uv run python benchmarks/bench_evaluate.py          # about 1 minute on 2 CPU cores
 
 Both estimate log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) for the same 784-400-20 model and
 binarised Fashion-MNIST test images, in the same chunks of samples; the plain version writes
 the Bernoulli, Normal and Gaussian-guide densities by hand. Throughput is image-samples per
-second, median of ``--repeats`` alternating runs. Peak memory (maximum resident set size) is
+second, medians over ``--repeats`` pairs of runs in alternating order, and the median of the
+per-pair ratios. Peak memory (maximum resident set size) is
 measured in a fresh process per estimator and K, so the figures at K = 1000 and K = 5000 show
 whether memory grows with K.
 """
@@ -73,22 +74,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--k", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     vae, x = model_and_data(args.images)
     work = args.images * args.k
     for fn in (ours_nll, plain_nll):  # warm-up
         fn(vae, x[:BATCH], 100)
-    times = {"ours": [], "plain": []}
-    for _ in range(args.repeats):
-        for name, fn in (("ours", ours_nll), ("plain", plain_nll)):
+    times, ratios = {"ours": [], "plain": []}, []
+    for r in range(args.repeats):  # alternating order, a ratio per repeat
+        order = (("ours", ours_nll), ("plain", plain_nll))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn(vae, x, args.k)
             times[name].append(time.perf_counter() - start)
+        ratios.append(times["plain"][-1] / times["ours"][-1])
     ours, plain = (work / statistics.median(times[n]) for n in ("ours", "plain"))
     print(f"throughput (image-samples/s, K = {args.k}): pyro_vae {ours:.0f}, plain {plain:.0f}, "
-          f"ratio {ours / plain:.2f}")
+          f"ratio {statistics.median(ratios):.2f}")
     for k in (1000, 5000):
         mib = {which: peak_memory(which, k, args.images) for which in ("ours", "plain")}
         print(f"peak memory at K = {k}: pyro_vae {mib['ours']:.0f} MiB, "

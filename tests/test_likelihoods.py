@@ -1,10 +1,11 @@
 import math
 
+import pyro.distributions as dist
 import pytest
 import torch
 
 from pyro_vae import DataError
-from pyro_vae.likelihoods import BernoulliLikelihood, NormalLikelihood
+from pyro_vae.likelihoods import BernoulliLikelihood, IndependentBernoulli, NormalLikelihood
 
 
 def test_bernoulli_log_prob_is_closed_form():
@@ -95,3 +96,17 @@ def test_categorical_refuses_values_between_grey_levels():
 
     with pytest.raises(DataError, match="256 grey levels"):
         CategoricalLikelihood().check_support(torch.tensor([[0.5, 0.1234]]), "data", None)
+
+
+def test_independent_bernoulli_scores_exactly_as_torchs_bernoulli_to_event(fmnist_small):
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(3, 50, 784)
+    x = fmnist_small.train[:50].bernoulli()
+    ours, torchs = IndependentBernoulli(logits), dist.Bernoulli(logits=logits).to_event(1)
+    assert (ours.batch_shape, ours.event_shape) == (torchs.batch_shape, torchs.event_shape)
+    assert torch.equal(ours.log_prob(x), torchs.log_prob(x))  # (3, 50), broadcast over x
+    wide = ours.expand((2, 3, 50))
+    assert isinstance(wide, IndependentBernoulli) and wide.batch_shape == (2, 3, 50)
+    assert torch.equal(wide.log_prob(x)[1], torchs.log_prob(x))
+    with pytest.raises(ValueError):
+        IndependentBernoulli(logits, validate_args=True).log_prob(torch.full_like(x, 0.5))
