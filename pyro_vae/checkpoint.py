@@ -72,10 +72,15 @@ def save(vae: VAE, run_dir: str | os.PathLike) -> None:
         raise CheckpointError("this VAE has no config; build it with VAE.from_config to save it")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(vae.config.to_dict(), indent=2) + "\n"
-    atomic_write_bytes(run_dir / CONFIG_FILE, text.encode())
+    write_config(vae.config, run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
     atomic_write_bytes(run_dir / WEIGHTS_FILE, save_safetensors(state, metadata={"format": FORMAT}))
+
+
+def write_config(config: Config, run_dir: str | os.PathLike) -> None:
+    """Write ``config`` as ``run_dir/config.json``, atomically."""
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, text.encode())
 
 
 def read_config(run_dir: str | os.PathLike) -> Config:

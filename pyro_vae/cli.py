@@ -104,6 +104,11 @@ def main() -> None:
 @click.option("--clip-norm", type=float,
               help="Clip the gradient of each parameter tensor to this norm (Pyro's clip_args; "
                    "not one global norm).")
+@click.option("--skip-nonfinite", type=int, default=0, show_default=True, metavar="N",
+              help="Skip up to N batches whose loss or gradient is NaN or infinite (the "
+                   "parameters stay as they were) before stopping.")
+@click.option("--checkpoint-every", type=int, metavar="STEPS",
+              help="Also save the training state every STEPS steps, not only after each epoch.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")

@@ -100,6 +100,12 @@ class Config:
         Epochs over which the KL weight rises linearly from 0 to β.
     clip_norm : float or None
         Clip each parameter's gradient to this norm (Pyro's ``clip_args``).
+    skip_nonfinite : int
+        Batches whose loss or gradient is NaN or infinite that training skips (leaving the
+        parameters as they were) before it stops; 0 stops at the first.
+    checkpoint_every : int or None
+        Also save the training state every this many steps within an epoch, not only at the
+        end of each epoch.
     epochs, batch_size, lr, seed : int, int, float, int
         Training length, minibatch size, Adam learning rate and random seed.
     device : {"auto", "cpu", "cuda"}
@@ -143,6 +149,8 @@ class Config:
     beta: float = 1.0
     kl_warmup: int = 0
     clip_norm: float | None = None
+    skip_nonfinite: int = 0
+    checkpoint_every: int | None = None
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -186,6 +194,15 @@ class Config:
             )
         if self.clip_norm is not None:
             _positive_float(self.clip_norm, "--clip-norm")
+        if not isinstance(self.skip_nonfinite, int) or isinstance(self.skip_nonfinite, bool) or (
+            self.skip_nonfinite < 0
+        ):
+            raise ConfigError(
+                f"--skip-nonfinite must be a whole number of batches ≥ 0, got "
+                f"{self.skip_nonfinite!r}"
+            )
+        if self.checkpoint_every is not None:
+            _positive_int(self.checkpoint_every, "--checkpoint-every")
         if self.contractive != 0:
             _positive_float(self.contractive, "--contractive")
         parse_corruption(self.corrupt)

@@ -41,12 +41,24 @@ class JointOptim(PyroOptim):
         self.optimizer = optim_constructor(self.params, **optim_args)
         self.clip_norm = clip_norm
         self._known = {id(p) for p in self.params}
+        self.skipped = False
 
     def __call__(self, params, *args, **kwargs) -> None:
         """One step over all parameters, ``params`` being those SVI saw in the traces; the
-        gradients are then cleared (set to None)."""
+        gradients are then cleared (set to None).
+
+        A step whose gradients hold a NaN or an infinity is not taken: the parameters stay as
+        they were and :attr:`skipped` is set (it is cleared by the next good step).
+        """
         if any(id(p) not in self._known for p in params):
             raise ValueError("a parameter outside the model reached the optimiser")
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # One sum per tensor: a NaN or ±inf anywhere makes its sum non-finite.
+        self.skipped = bool(grads) and not bool(torch.stack([g.sum() for g in grads])
+                                                .isfinite().all())
+        if self.skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if self.clip_norm is not None:
             for p in self.params:
                 if p.grad is not None:

@@ -212,6 +212,9 @@ def fit(
                           "no differentiable loss for DistributedDataParallel); use one process")
     if cluster is not None and config.jit:
         raise ConfigError("--jit is not supported under torchrun yet; drop --jit")
+    if cluster is not None and config.checkpoint_every:
+        raise ConfigError("--checkpoint-every is not supported under torchrun yet (runs are "
+                          "saved after every epoch); drop it")
     if cluster is not None:  # launched by torchrun: one process of a data-parallel group
         distributed.check_batch(config.batch_size, cluster)
         device = distributed.start(cluster, device)
@@ -263,9 +266,17 @@ class _StopRequest:
 
 
 class _Stopped(Exception):
-    def __init__(self, step: int, total: float, seconds: float):
-        super().__init__(step)
-        self.step, self.total, self.seconds = step, total, seconds
+    """A stop request honoured after ``partial["step"]`` steps of the current epoch."""
+
+    def __init__(self, partial: dict):
+        super().__init__(partial["step"])
+        self.partial = partial
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int, reason: str):
+        super().__init__(reason)
+        self.step, self.reason = step, reason
 
 
 @contextlib.contextmanager
@@ -322,7 +333,7 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
             else:
                 warnings.warn(message, stacklevel=3)
     bits = vae.likelihood.discrete and config.guide != "delta"
-    run_dir, rows, first, partial = None, [], 1, None
+    run_dir, rows, first, partial, skipped = None, [], 1, None, 0
     if state is not None:  # continue where the run stopped, with its exact RNG states
         try:
             vae.load_state_dict(state["model"])
@@ -334,6 +345,7 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
             ) from None
         run_dir, rows = Path(out), state["progress"]["rows"]
         first = state["progress"]["epoch"] + 1
+        skipped = state["progress"].get("skipped", 0)
         partial = state["progress"].get("partial")
         if partial is None:
             checkpoint.restore_rng(state["rng"])
@@ -348,12 +360,34 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
             )
         epoch_start_rng = checkpoint.capture_rng()
         x_epoch = binarize(train_x) if config.binarization == "dynamic" else train_x
+
+        def save_partial(state_now: dict) -> Path | None:
+            """The mid-epoch training state; a new run's folder is made at its first save."""
+            nonlocal run_dir
+            if out is None:
+                return None
+            if run_dir is None:
+                run_dir = checkpoint.prepare_run_dir(out, overwrite)
+                checkpoint.write_config(config, run_dir)
+            checkpoint.save_training_state(
+                run_dir, vae, optim.get_state(),
+                {"epoch": epoch - 1, "rows": rows, "partial": state_now,
+                 "skipped": state_now["skipped"]},
+                epoch_start_rng=epoch_start_rng)
+            return run_dir
+
         try:
-            total, seen, seconds = _train_epoch(step_fn, vae, x_epoch, config, epoch, progress,
-                                                cluster, stop, partial)
+            total, seen, seconds, skipped = _train_epoch(
+                step_fn, optim, vae, x_epoch, config, epoch, progress, cluster, stop, partial,
+                skipped, save_partial if cluster is None else None)
         except _Stopped as stopped:
-            raise _interrupted(run_dir, vae, optim, rows, epoch, stopped, epoch_start_rng,
-                               config) from None
+            # A stop before the first epoch ends saves nothing, unless --checkpoint-every made
+            # the folder already: an old run in --out is replaced only by saved progress.
+            saved = save_partial(stopped.partial) if run_dir is not None else None
+            raise _interrupted(saved, epoch, stopped.partial["step"], config) from None
+        except _Diverged as diverged:
+            raise _diverged(epoch, diverged.step, diverged.reason, run_dir, rows,
+                            config) from None
         partial = None
         if cluster is not None:
             total, seen = (distributed.all_sum(v, device) for v in (total, seen))
@@ -380,8 +414,9 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
             # The self-contained training state first: a kill between the writes leaves a run
             # that both loads (the previous weights) and resumes (the new state).
             world = cluster.world if cluster is not None else 1
-            checkpoint.save_training_state(run_dir, vae, optim.get_state(),
-                                           {"epoch": epoch, "rows": rows, "world": world})
+            checkpoint.save_training_state(
+                run_dir, vae, optim.get_state(),
+                {"epoch": epoch, "rows": rows, "world": world, "skipped": skipped})
             checkpoint.save(vae, run_dir)
             checkpoint.write_metrics(run_dir, rows)
             plots.save_training_curve(rows, run_dir / "training_curve.png")
@@ -400,32 +435,31 @@ def _test_neg_elbo(vae: VAE, test_x: torch.Tensor, cluster, device) -> float:
     return distributed.all_sum(total, device) / test_x.shape[0]
 
 
-def _interrupted(run_dir, vae, optim, rows, epoch, stopped, epoch_start_rng, config):
-    """Save a mid-epoch training state (when the run has a directory) and say how to resume."""
+def _interrupted(run_dir: Path | None, epoch: int, step: int, config: Config):
+    """The message of a stop request: where the state was saved and how to resume."""
     if run_dir is None:
         return TrainingInterrupted(
-            f"interrupted in epoch {epoch} after step {stopped.step}; no run directory held a "
+            f"interrupted in epoch {epoch} after step {step}; no run directory held a "
             "finished epoch yet, so nothing was saved"
         )
-    partial = {"epoch": epoch, "step": stopped.step, "total": stopped.total,
-               "seconds": stopped.seconds}
-    checkpoint.save_training_state(run_dir, vae, optim.get_state(),
-                                   {"epoch": epoch - 1, "rows": rows, "partial": partial},
-                                   epoch_start_rng=epoch_start_rng)
     return TrainingInterrupted(
-        f"interrupted in epoch {epoch} after step {stopped.step}; the state is saved, continue "
+        f"interrupted in epoch {epoch} after step {step}; the state is saved, continue "
         f"with: pyro-vae fit --resume {run_dir} --epochs {config.epochs}"
     )
 
 
-def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None, stop=None,
-                 partial=None):
+def _train_epoch(step_fn, optim, vae, x, config, epoch, progress, cluster=None, stop=None,
+                 partial=None, skipped=0, save_partial=None):
     """One pass of SVI steps over a random permutation of x.
 
     Under torchrun every rank draws the same permutation (seeded by seed and epoch) and steps
     through its own shard with its share of the batch. ``partial`` continues an epoch stopped
-    after ``partial["step"]`` steps; after each step a set ``stop`` request raises
-    :class:`_Stopped`. Returns (summed loss, images, seconds).
+    after ``partial["step"]`` steps. A batch whose loss or gradient is not finite is skipped
+    (``optim`` leaves the parameters as they were) while fewer than ``config.skip_nonfinite``
+    have been, counting ``skipped`` from earlier epochs; the next raises :class:`_Diverged`.
+    Every ``config.checkpoint_every`` steps ``save_partial`` receives the epoch's progress;
+    after each step a set ``stop`` request raises :class:`_Stopped`. Returns (summed loss,
+    images counted, seconds, skipped batches so far).
     """
     if cluster is None:
         order = torch.randperm(x.shape[0], device=x.device)
@@ -438,11 +472,17 @@ def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None, stop=No
     n = order.shape[0]
     steps = math.ceil(n / batch_size)
     vae.train()
-    first_step, total, earlier = 0, 0.0, 0.0
+    first_step, total, seen, earlier = 0, 0.0, 0, 0.0
     if partial is not None:  # the permutation is drawn again above; now the later RNG state
         checkpoint.restore_rng(partial["rng"])
         first_step, total, earlier = partial["step"], partial["total"], partial["seconds"]
+        seen = partial.get("seen", min(n, first_step * batch_size))
     start_time = time.perf_counter() - earlier
+
+    def progress_now(step: int) -> dict:
+        return {"epoch": epoch, "step": step, "total": total, "seen": seen,
+                "seconds": time.perf_counter() - start_time, "skipped": skipped}
+
     with tqdm(
         # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
         total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img",
@@ -453,23 +493,39 @@ def _train_epoch(step_fn, vae, x, config, epoch, progress, cluster=None, stop=No
             batch = x[order[step * batch_size : (step + 1) * batch_size]]
             vae.kl_weight = kl_weight(config, epoch, step, steps)
             # Pyro checks every distribution's arguments and values on the first step of each
-            # epoch; the data were checked on loading, and a non-finite loss still stops
-            # training below, so later steps skip those checks.
+            # epoch; the data were checked on loading, and non-finite losses and gradients are
+            # caught below, so later steps skip those checks.
             try:
                 loss = step_fn(batch, validate=step == 0)
             except ValueError as err:  # Pyro's validation: a parameter left its support
-                raise _diverged(epoch, step, str(err).splitlines()[0]) from None
-            if not math.isfinite(loss):
-                raise _diverged(epoch, step, f"the loss is {loss}")
-            total += loss
+                raise _Diverged(step, str(err).splitlines()[0]) from None
+            reason = None
+            if optim.skipped:  # the same on every rank under torchrun: gradients are averaged
+                reason = ("a gradient is not finite" if math.isfinite(loss)
+                          else f"the loss is {loss}")
+            elif not math.isfinite(loss) and cluster is None:
+                reason = f"the loss is {loss}"
+            if reason is not None:
+                skipped += 1
+                if skipped > config.skip_nonfinite:
+                    raise _Diverged(step, reason)
+                tqdm.write(f"epoch {epoch}, step {step + 1}: {reason}; batch skipped "
+                           f"({skipped} of --skip-nonfinite {config.skip_nonfinite})")
+            else:
+                total += loss
+                seen += batch.shape[0]
             bar.update(batch.shape[0])
-            if step % 20 == 0:
+            if step % 20 == 0 and reason is None:
                 bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
-            if stop is not None and stop.requested and step + 1 < steps:
-                raise _Stopped(step + 1, total, time.perf_counter() - start_time)
+            if step + 1 < steps:
+                if stop is not None and stop.requested:
+                    raise _Stopped(progress_now(step + 1))
+                every = config.checkpoint_every
+                if save_partial is not None and every and (step + 1) % every == 0:
+                    save_partial(progress_now(step + 1))
     if x.device.type == "cuda":
         torch.cuda.synchronize()
-    return total, n, time.perf_counter() - start_time
+    return total, seen, time.perf_counter() - start_time, skipped
 
 
 def _ddp_step(vae, optim, config, cluster, device):
@@ -493,10 +549,19 @@ def _ddp_step(vae, optim, config, cluster, device):
     return step
 
 
-def _diverged(epoch: int, step: int, reason: str) -> TrainingError:
+def _diverged(epoch: int, step: int, reason: str, run_dir: Path | None, rows: list,
+              config: Config) -> TrainingError:
+    """The one-line message of a stop on a non-finite loss or gradient."""
+    if run_dir is not None and rows:
+        saved = f"the checkpoint of epoch {rows[-1]['epoch']} in {run_dir} is intact"
+    elif run_dir is not None:
+        saved = f"{run_dir} holds only a mid-epoch training state"
+    else:
+        saved = "no epoch had finished, so nothing was saved"
+    skip = "" if config.skip_nonfinite else ", or skip a few such batches with --skip-nonfinite N"
     return TrainingError(
         f"training diverged at epoch {epoch}, step {step + 1} ({reason}); lower --lr, add "
-        "--clip-norm, or check the likelihood's scale"
+        f"--clip-norm, or check the likelihood's scale{skip}; {saved}"
     )
 
 

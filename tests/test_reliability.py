@@ -1,0 +1,126 @@
+"""Reliability promises: non-finite batches, periodic checkpoints, full disks, a second Ctrl-C."""
+
+import pytest
+import torch
+
+from pyro_vae import VAE, Config, TrainingError, fit, load
+from pyro_vae.checkpoint import load_training_state
+from pyro_vae.optim import JointOptim
+from tests.conftest import snapshot
+
+SMALL = dict(hidden=(32,), z_dim=4, batch_size=100, progress=False)
+
+
+def _no_time(rows):
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+
+def poison_gradients(monkeypatch, at_calls):
+    """Make the optimiser see a NaN gradient on the given calls (counting from 1)."""
+    step, calls = JointOptim.__call__, {"n": 0}
+
+    def poisoned(self, params, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in at_calls:
+            next(p for p in self.params if p.grad is not None).grad[0] = float("nan")
+        return step(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(JointOptim, "__call__", poisoned)
+
+
+def test_a_nan_gradient_is_not_applied():
+    torch.manual_seed(0)
+    vae = VAE.from_config(Config(z_dim=3, hidden=(16,), data_shape=(20,)))
+    optim = JointOptim(torch.optim.Adam, vae, {"lr": 0.1})
+    before = [p.detach().clone() for p in vae.parameters()]
+    for p in vae.parameters():
+        p.grad = torch.ones_like(p)
+    next(vae.parameters()).grad[0, 0] = float("inf")
+    optim(set(vae.parameters()))
+    assert optim.skipped
+    assert all(torch.equal(p, b) for p, b in zip(vae.parameters(), before))
+    for p in vae.parameters():
+        p.grad = torch.ones_like(p)
+    optim(set(vae.parameters()))
+    assert not optim.skipped
+    assert not any(torch.equal(p, b) for p, b in zip(vae.parameters(), before))
+
+
+def test_skip_nonfinite_tolerates_n_bad_batches_and_stops_at_the_next(fmnist_small, tmp_path,
+                                                                      monkeypatch, capsys):
+    # 2000 training images in batches of 100: 20 steps per epoch; calls 22 and 25 are steps 2
+    # and 5 of epoch 2.
+    poison_gradients(monkeypatch, {22, 25})
+    _, rows = fit(data=fmnist_small, epochs=2, skip_nonfinite=2, **SMALL)
+    assert all(torch.isfinite(torch.tensor(r["train_neg_elbo"])) for r in rows)
+    assert capsys.readouterr().out.count("a gradient is not finite; batch skipped") == 2
+
+    poison_gradients(monkeypatch, {22, 25})
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        fit(data=fmnist_small, epochs=2, skip_nonfinite=1, out=run, **SMALL)
+    message = str(err.value)
+    assert "training diverged at epoch 2, step 5 (a gradient is not finite)" in message
+    assert f"the checkpoint of epoch 1 in {run} is intact" in message
+    assert load_training_state(run)["progress"]["epoch"] == 1
+    assert torch.isfinite(torch.cat([p.flatten() for p in load(run).parameters()])).all()
+
+
+def test_the_first_nan_stops_training_and_says_how_to_skip(fmnist_small, monkeypatch):
+    poison_gradients(monkeypatch, {3})
+    with pytest.raises(TrainingError, match=r"epoch 1, step 3 .*--skip-nonfinite N; no epoch "
+                                            r"had finished, so nothing was saved"):
+        fit(data=fmnist_small, epochs=1, **SMALL)
+
+
+def test_checkpoint_every_saves_mid_epoch_states_that_resume_exactly(fmnist_npz, tmp_path,
+                                                                     monkeypatch):
+    import pyro_vae.checkpoint as checkpoint
+
+    saved, real_save = [], checkpoint.save_training_state
+
+    class Killed(Exception):
+        pass
+
+    def save_then_maybe_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
+        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+        partial = progress.get("partial")
+        saved.append((progress["epoch"], partial and partial["step"]))
+        if partial and partial["epoch"] == 2 and partial["step"] == 10:
+            raise Killed  # the process dies right after this periodic checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_maybe_die)
+    options = dict(dataset=str(fmnist_npz), checkpoint_every=5, **SMALL)
+    with pytest.raises(Killed):
+        fit(out=tmp_path / "run", epochs=3, **options)
+    # every 5 of 20 steps in epoch 1 (the 20th is its end), then 5 and 10 in epoch 2
+    assert saved == [(0, 5), (0, 10), (0, 15), (1, None), (1, 5), (1, 10)]
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    _, resumed = fit(resume=tmp_path / "run", epochs=3, progress=False)
+    _, whole = fit(out=tmp_path / "whole", epochs=3, **options)
+    assert _no_time(resumed) == _no_time(whole)
+    a, b = load(tmp_path / "run"), load(tmp_path / "whole")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_a_periodic_checkpoint_in_the_first_epoch_makes_the_run_resumable(fmnist_npz, tmp_path,
+                                                                          monkeypatch):
+    import pyro_vae.checkpoint as checkpoint
+
+    real_save = checkpoint.save_training_state
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(dataset=str(fmnist_npz), out=tmp_path / "run", epochs=1, checkpoint_every=4,
+            **SMALL)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    state = load_training_state(tmp_path / "run")
+    assert state["progress"]["epoch"] == 0 and state["progress"]["partial"]["step"] == 4
+    before = snapshot(tmp_path / "run")
+    _, rows = fit(resume=tmp_path / "run", epochs=1, progress=False)
+    assert [r["epoch"] for r in rows] == [1] and snapshot(tmp_path / "run") != before
