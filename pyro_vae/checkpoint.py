@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -44,20 +45,58 @@ RUN_FILES = (
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file
+    is renamed over ``path``.
+
+    Raises
+    ------
+    CheckpointError
+        If the disk is full or the folder unwritable; ``path`` is left as it was and the
+        temporary file is removed.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # Mode 0o666 lets the umask decide permissions, as for any other file the user writes.
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # Mode 0o666 lets the umask decide permissions, as for any other file the user writes.
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write {path} ({err.strerror or err}); its previous version is intact; "
+            "free some disk space or choose a writable folder"
+        ) from None
+
+
+def check_free_space(run_dir: str | os.PathLike, vae: VAE) -> None:
+    """Refuse to start when the disk under ``run_dir`` cannot hold the run's checkpoints.
+
+    Needed: the weights, the training state (weights and Adam's two moments), a temporary
+    copy of the largest while it is replaced, and 16 MiB for pictures and metrics.
+
+    Raises
+    ------
+    RunDirError
+        If less is free.
+    """
+    weights = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
+    need = weights + 2 * (3 * weights) + 16 * 2**20
+    free = shutil.disk_usage(_existing_parent(Path(run_dir))).free
+    if free < need:
+        raise RunDirError(
+            f"--out {run_dir}: only {free / 2**20:.0f} MiB free on its disk, and the run's "
+            f"checkpoints need about {need / 2**20:.0f} MiB; free some space or choose "
+            "another folder"
+        )
 
 
 def save(vae: VAE, run_dir: str | os.PathLike) -> None:

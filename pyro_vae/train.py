@@ -192,7 +192,8 @@ def fit(
         If the loss becomes non-finite. An old run in ``out`` is only replaced once the first
         epoch has trained, and the last completed epoch's checkpoint stays loadable.
     CheckpointError
-        With ``resume``, if the run has no usable training state.
+        With ``resume``, if the run has no usable training state; and if a checkpoint cannot
+        be written (disk full, folder no longer writable), the previous one staying intact.
     TrainingInterrupted
         On SIGINT or SIGTERM, after the current step; with a run directory, the state is saved
         first (``training_state.safetensors``) and the message says how to resume.
@@ -310,6 +311,8 @@ def _fit(config, data, device, out, overwrite, progress, cluster=None, state=Non
          stop=None) -> FitResult:
     pyro.set_rng_seed(config.seed)
     vae = VAE.from_config(config).to(device)
+    if out is not None:
+        checkpoint.check_free_space(out, vae)
     train_x, test_x = data.train.to(device), data.test.to(device)
     if config.binarization in ("dynamic", "static"):
         test_x = binarize_fixed(test_x)

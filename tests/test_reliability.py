@@ -124,3 +124,44 @@ def test_a_periodic_checkpoint_in_the_first_epoch_makes_the_run_resumable(fmnist
     before = snapshot(tmp_path / "run")
     _, rows = fit(resume=tmp_path / "run", epochs=1, progress=False)
     assert [r["epoch"] for r in rows] == [1] and snapshot(tmp_path / "run") != before
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_training(fmnist_small, tmp_path,
+                                                                         monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from pyro_vae import RunDirError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(RunDirError, match=r"only 1 MiB free on its disk, and the run's "
+                                          r"checkpoints need about \d+ MiB"):
+        fit(data=fmnist_small, out=tmp_path / "run", epochs=1, **SMALL)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_mid_run_fails_in_one_line_and_keeps_the_last_checkpoint(fmnist_npz,
+                                                                             tmp_path):
+    # A child process whose files may not exceed 100 KB (RLIMIT_FSIZE; the write fails with
+    # EFBIG, as it would with ENOSPC on a full disk) continues a run whose training state is
+    # larger than that.
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    fit(dataset=str(fmnist_npz), out=run, epochs=1, **SMALL)
+    before = snapshot(run)
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+            "from pyro_vae.cli import main; sys.argv[0] = 'pyro-vae'; main()")
+    result = subprocess.run([sys.executable, "-c", code, "fit", "--resume", str(run),
+                             "--epochs", "2", "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot write" in lines[0] and "training_state.safetensors" in lines[0], lines
+    assert "previous version is intact" in lines[0]
+    assert snapshot(run) == before
+    _, rows = fit(resume=run, epochs=2, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2]
