@@ -165,3 +165,37 @@ def test_a_full_disk_mid_run_fails_in_one_line_and_keeps_the_last_checkpoint(fmn
     assert snapshot(run) == before
     _, rows = fit(resume=run, epochs=2, progress=False)
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_stays_whole(fmnist_npz,
+                                                                           tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    # Wide layers make each step take a good fraction of a second, so both signals land
+    # inside one step: the first asks to stop after it, the second quits at once.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", str(fmnist_npz),
+         "--hidden", "2000", "--hidden", "2000", "--batch-size", "500", "--epochs", "100",
+         "--quiet", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / "training_state.safetensors"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "press Ctrl-C again to quit at once" in err and err.strip().endswith("Aborted!"), err
+    assert "Traceback" not in err
+    progress = load_training_state(out)["progress"]
+    assert "partial" not in progress, "the second Ctrl-C did not wait for the step to finish"
+    load(out)
+    _, rows = fit(resume=out, epochs=progress["epoch"] + 1, progress=False)
+    assert [r["epoch"] for r in rows] == list(range(1, progress["epoch"] + 2))
