@@ -22,15 +22,31 @@ from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
 
 
+_OUT_OF_MEMORY = ("not enough memory for this model and data ({reason}); lower --hidden, "
+                  "--z-dim, --particles, --prior-components or --batch-size")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
 class _Command(click.Command):
-    """Turns every :class:`PyroVAEError`, and the operating system's refusals (disk full,
-    permission denied), into a one-line ``Error: …`` and exit status 1."""
+    """Turns every :class:`PyroVAEError`, the operating system's refusals (disk full,
+    permission denied) and failed memory allocations into a one-line ``Error: …`` and exit
+    status 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except PyroVAEError as err:
             raise click.ClickException(str(err)) from None
+        except (MemoryError, torch.OutOfMemoryError) as err:
+            raise click.ClickException(_OUT_OF_MEMORY.format(reason=_first_line(err))) from None
+        except RuntimeError as err:
+            if "allocate" not in str(err) and "out of memory" not in str(err):
+                raise
+            raise click.ClickException(_OUT_OF_MEMORY.format(reason=_first_line(err))) from None
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             raise click.ClickException(

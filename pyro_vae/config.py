@@ -381,9 +381,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: Largest count torch can index with, the bound on every size and count option.
+MAX_SIZE = 2**31 - 1
+
+
 def _positive_int(value: object, flag: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    if value > MAX_SIZE:
+        raise ConfigError(f"{flag} must be at most 2^31 - 1, got {value}")
 
 
 def _positive_float(value: object, flag: str) -> None:
