@@ -175,22 +175,25 @@ def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_stays_whole(fmnis
     import time
 
     out = tmp_path / "run"
-    # Wide layers make each step take a good fraction of a second, so both signals land
-    # inside one step: the first asks to stop after it, the second quits at once.
+    # Wide layers and small batches: epochs of 40 steps that each take a noticeable time, so
+    # a signal sent early in an epoch lands inside a step.
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", str(fmnist_npz),
-         "--hidden", "2000", "--hidden", "2000", "--batch-size", "500", "--epochs", "100",
+         "--hidden", "2000", "--hidden", "2000", "--batch-size", "50", "--epochs", "100",
          "--quiet", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = out / "training_state.safetensors"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)
+    time.sleep(0.5)  # early in epoch 2
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    first = ""
+    while "Ctrl-C again" not in first and proc.poll() is None:  # the notice, written at once
+        first += proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)  # while the step the first one waits for still runs
+    _, rest = proc.communicate(timeout=60)
+    err = first + rest
     assert proc.returncode == 1, err
     assert "press Ctrl-C again to quit at once" in err and err.strip().endswith("Aborted!"), err
     assert "Traceback" not in err
