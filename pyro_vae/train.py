@@ -189,8 +189,9 @@ def fit(
     ConfigError, DataError, RunDirError
         For invalid options, data or output folders, before anything in ``out`` changes.
     TrainingError
-        If the loss becomes non-finite. An old run in ``out`` is only replaced once the first
-        epoch has trained, and the last completed epoch's checkpoint stays loadable.
+        If the loss or a gradient becomes non-finite (after ``config.skip_nonfinite`` skipped
+        batches). An old run in ``out`` is only replaced once the new run has a checkpoint to
+        write, and the last checkpoint stays loadable.
     CheckpointError
         With ``resume``, if the run has no usable training state; and if a checkpoint cannot
         be written (disk full, folder no longer writable), the previous one staying intact.
