@@ -6,7 +6,7 @@ import torch
 from pyro_vae import VAE, Config, TrainingError, fit, load
 from pyro_vae.checkpoint import load_training_state
 from pyro_vae.optim import JointOptim
-from tests.conftest import snapshot
+from conftest import snapshot
 
 SMALL = dict(hidden=(32,), z_dim=4, batch_size=100, progress=False)
 
