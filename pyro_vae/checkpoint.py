@@ -117,7 +117,13 @@ def save(vae: VAE, run_dir: str | os.PathLike) -> None:
 
 
 def write_config(config: Config, run_dir: str | os.PathLike) -> None:
-    """Write ``config`` as ``run_dir/config.json``, atomically."""
+    """Write ``config`` as ``run_dir/config.json``, atomically.
+
+    Raises
+    ------
+    CheckpointError
+        If the file cannot be written; an older ``config.json`` stays as it was.
+    """
     text = json.dumps(config.to_dict(), indent=2) + "\n"
     atomic_write_bytes(Path(run_dir) / CONFIG_FILE, text.encode())
 

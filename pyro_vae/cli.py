@@ -41,10 +41,10 @@ class _Command(click.Command):
             return super().invoke(ctx)
         except PyroVAEError as err:
             raise click.ClickException(str(err)) from None
-        except (MemoryError, torch.OutOfMemoryError) as err:
-            raise click.ClickException(_OUT_OF_MEMORY.format(reason=_first_line(err))) from None
-        except RuntimeError as err:
-            if "allocate" not in str(err) and "out of memory" not in str(err):
+        except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            # torch reports a failed CPU allocation as a plain RuntimeError ("can't allocate").
+            if isinstance(err, RuntimeError) and not isinstance(err, torch.OutOfMemoryError) \
+                    and "allocate" not in str(err):
                 raise
             raise click.ClickException(_OUT_OF_MEMORY.format(reason=_first_line(err))) from None
         except OSError as err:

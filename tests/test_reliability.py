@@ -1,5 +1,7 @@
 """Reliability promises: non-finite batches, periodic checkpoints, full disks, a second Ctrl-C."""
 
+import re
+
 import pytest
 import torch
 
@@ -202,3 +204,45 @@ def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_stays_whole(fmnis
     load(out)
     _, rows = fit(resume=out, epochs=progress["epoch"] + 1, progress=False)
     assert [r["epoch"] for r in rows] == list(range(1, progress["epoch"] + 2))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"skip_nonfinite": -1}, "--skip-nonfinite must be a whole number of batches ≥ 0"),
+    ({"skip_nonfinite": 1.5}, "--skip-nonfinite must be a whole number of batches ≥ 0"),
+    ({"checkpoint_every": 0}, "--checkpoint-every must be a positive integer"),
+    ({"hidden": (2**31,)}, "--hidden must be at most 2^31 - 1"),
+])
+def test_bad_reliability_options_are_refused(options, message):
+    from pyro_vae import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config(**options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"jit": True}, "--jit is not supported under torchrun"),
+    ({"checkpoint_every": 5}, "--checkpoint-every is not supported under torchrun"),
+])
+def test_options_torchrun_cannot_honour_are_refused_before_anything_starts(
+        options, message, fmnist_small, tmp_path, monkeypatch):
+    from pyro_vae import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=message):
+        fit(data=fmnist_small, out=tmp_path / "run", epochs=1, **options, **SMALL)
+    assert not (tmp_path / "run").exists()
+
+
+def test_running_out_of_memory_is_one_line_from_the_cli(tmp_path, fmnist_npz):
+    from click.testing import CliRunner
+
+    from pyro_vae.cli import main
+
+    result = CliRunner().invoke(main, ["fit", "--dataset", str(fmnist_npz), "--epochs", "1",
+                                       "--hidden", "8", "--z-dim", "2", "--particles",
+                                       "100000000", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: not enough memory"), lines
+    assert not (tmp_path / "run").exists()
