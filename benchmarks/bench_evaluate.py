@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 import pyro_vae
-from pyro_vae.data import binarize_fixed
-from pyro_vae.evaluate import default_chunk, evaluate
+from pyro_vae.io.data import binarize_fixed
+from pyro_vae.evaluation.evaluate import default_chunk, evaluate
 
 BATCH = 100
 
@@ -39,7 +39,7 @@ def model_and_data(images: int):
 @torch.no_grad()
 def plain_nll(vae, x: torch.Tensor, k: int) -> float:
     """The same estimator in plain PyTorch, with the same batches and chunks."""
-    body, head, decoder = vae.encoder.body, vae.encoder.head, vae.decoder.net
+    body, head, decoder = vae.encoder, vae.family.head, vae.decoder.net
     chunk, total = default_chunk(vae, BATCH), 0.0
     for xb in x.split(BATCH):
         loc, log_var = head(body(xb)).chunk(2, dim=-1)

@@ -9,7 +9,7 @@ one process, alternating batch by batch, in ``--rounds`` rounds; the table gives
 per second and the median per-round ratio pyro_vae / plain (1.0 = as fast). A last line
 times full epochs of the 60,000 training images at batch 128.
 
-pyro_vae's step is :class:`pyro_vae.train.TrainingStep`, exactly what ``fit`` runs: Pyro's
+pyro_vae's step is :class:`pyro_vae.training.step.TrainingStep`, exactly what ``fit`` runs: Pyro's
 ``SVI`` with its ELBO of the model and guide, compiled by Pyro's ``JitTrace_ELBO`` (the default
 ``jit``).
 """
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyro_vae
-from pyro_vae.data import binarize
-from pyro_vae.optim import JointOptim
-from pyro_vae.train import TrainingStep
+from pyro_vae.io.data import binarize
+from pyro_vae.training.optim import JointOptim
+from pyro_vae.training.step import TrainingStep
 
 
 class PlainVAE(nn.Module):
@@ -34,7 +34,7 @@ class PlainVAE(nn.Module):
 
     def __init__(self, vae: pyro_vae.VAE):
         super().__init__()
-        self.body, self.head = vae.encoder.body, vae.encoder.head
+        self.body, self.head = vae.encoder, vae.family.head
         self.decoder = vae.decoder.net
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ import time
 import pyro
 
 import pyro_vae
-from pyro_vae.data import binarize_fixed
-from pyro_vae.diagnostics import pareto_khat
-from pyro_vae.evaluate import evaluate
+from pyro_vae.io.data import binarize_fixed
+from pyro_vae.evaluation.diagnostics import pareto_khat
+from pyro_vae.evaluation.evaluate import evaluate
 
 ROWS = [
     ("standard VAE", "(defaults)", {}),

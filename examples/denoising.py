@@ -15,8 +15,8 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.corruption import MaskCorruption
-from pyro_vae.data import binarize_fixed
+from pyro_vae.parts.corruption import MaskCorruption
+from pyro_vae.io.data import binarize_fixed
 from pyro_vae.plots import interleave_rows, save_image_grid
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,7 +18,7 @@ import math
 import torch
 
 import pyro_vae
-from pyro_vae.data import binarize_fixed
+from pyro_vae.io.data import binarize_fixed
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=5)

@@ -15,8 +15,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 import pyro_vae
-from pyro_vae.data import binarize, binarize_fixed
-from pyro_vae.train import neg_elbo
+from pyro_vae.io.data import binarize, binarize_fixed
+from pyro_vae.training.plan import neg_elbo
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=5)

@@ -1,8 +1,16 @@
-"""One frozen dataclass that describes a run.
+"""A run's configuration, in three sections that are validated on their own.
 
-The CLI builds a :class:`Config`, ``fit`` stores it as ``config.json`` in the run directory and
-:func:`pyro_vae.load` rebuilds exactly the same objects from it, so every run is fully described
-by data (the pythae convention).
+- :class:`ModelConfig`: what :func:`pyro_vae.load` rebuilds: the data shape, z_dim and the
+  chosen parts (network, prior, likelihood, variational family) with their options.
+- :class:`DataConfig`: where the data come from and how they are binarised.
+- :class:`TrainConfig`: the objective, its schedule and the run (epochs, optimiser, device).
+
+:class:`Config` joins them and takes the flat options of the command line
+(``Config(prior="studentt", prior_df=5, epochs=3)``); ``fit`` stores it as ``config.json``
+(format version 2, :meth:`Config.to_dict`), and format-1 files of the first release still load.
+Every option, its default, help text and check is declared once: part options on the part
+classes (:mod:`pyro_vae.registry`), the rest as :func:`option` fields below; the CLI is derived
+from the same declarations.
 """
 
 from __future__ import annotations
@@ -10,311 +18,118 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import parts  # noqa: F401  (registers the built-in parts)
 from .errors import CheckpointError, ConfigError
+from .parts.corruption import parse_corruption
+from .registry import (BINARIZE_MODES, DEVICES, FAMILIES, LIKELIHOODS, NETWORKS, OBJECTIVES,
+                       PRIORS, Option, non_negative_int, positive, positive_int)
 
 #: Identifies a pyro_vae ``config.json`` and the layout of the run directory.
 FORMAT = "pyro_vae.run"
-#: Bumped whenever a run directory written by an older version can no longer be read.
-FORMAT_VERSION = 1
+#: Bumped whenever the layout changes; :meth:`Config.from_dict` reads every version up to it.
+FORMAT_VERSION = 2
+#: The model's parts: the flag (and ``config.json`` key) that chooses each, and its registry.
+PART_KINDS = {"arch": NETWORKS, "likelihood": LIKELIHOODS, "guide": FAMILIES, "prior": PRIORS}
 
-BINARIZE_MODES = ("dynamic", "static", "none")
-ACTIVATIONS = ("relu", "softplus", "tanh")
-DEVICES = ("auto", "cpu", "cuda")
-ARCHS = ("mlp", "conv", "linear")
-ELBOS = ("trace", "meanfield", "iwae")
 
-#: Options that belong to some choices of a part: option → (part, choices using it, default).
-#: Left as None they take the default; set for a part that does not use them, they are refused.
-PART_OPTIONS = {
-    "prior_scale": ("prior", ("laplace",), 1.0),
-    "prior_df": ("prior", ("studentt",), 3.0),
-    "prior_components": ("prior", ("mog", "vamp"), 50),
-    "obs_scale": ("likelihood", ("normal", "laplace"), 0.1),
-    "min_obs_scale": ("likelihood", ("normal-learned",), 0.01),
-    "flows": ("guide", ("iaf",), 2),  # and the flow prior, see Config.uses
-}
-#: Priors with parameters: with a point-mass guide they can grow log p(h) without bound.
-LEARNABLE_PRIORS = ("mog", "vamp", "flow")
+def option(type_: type, default: Any, help: str, check=None, **extra) -> Any:
+    """A dataclass field declared as an :class:`~pyro_vae.registry.Option`."""
+    declared = Option(type_, default, help, check, **extra)
+    return field(default=default, metadata={"option": declared})
+
+
+def section_options(cls) -> dict[str, Option]:
+    """Field name → :class:`~pyro_vae.registry.Option` of a configuration section."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+
+def _validate_fields(section) -> None:
+    for name, declared in section_options(type(section)).items():
+        value = declared.validate(getattr(section, name), name.replace("_", "-"))
+        object.__setattr__(section, name, value)
+
+
+def _seed(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+        return "must be an integer in [0, 2^32)"
+    return None
+
+
+def _count_of(unit: str):
+    """Check: a whole number of ``unit`` ≥ 0."""
+    def check(value: Any) -> str | None:
+        return None if non_negative_int(value) is None else f"must be a whole number of {unit} ≥ 0"
+    return check
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value == 0 else positive(value)
+
+
+def _corruption(spec: Any) -> str | None:
+    parse_corruption(spec)  # raises its own one-line ConfigError
+    return None
 
 
 @dataclass(frozen=True)
-class Config:
-    """Everything needed to train a VAE and to rebuild it afterwards.
+class PartChoice:
+    """One chosen part: its ``kind`` (``"prior"`` …), registered ``name`` and every option's
+    value (``options``, declared defaults filled in)."""
 
-    Parameters
-    ----------
-    dataset : str
-        ``"fashion-mnist"``, ``"mnist"``, ``"kmnist"`` or the path of a ``.npy``/``.npz`` file.
-    test_dataset : str or None
-        Path of a separate test file; ``None`` uses the dataset's test split (named datasets,
-        ``.npz`` with ``x_test``) or a seeded 10% hold-out.
-    data_dir : str or None
-        Folder searched first for named datasets, and where torchvision downloads them.
-    limit : int or None
-        Use only the first ``limit`` training images.
-    binarize : {"dynamic", "static", "none"} or None
-        Binarisation of grey levels for the Bernoulli likelihood; ``None`` means ``"dynamic"``
-        for Bernoulli and is the only accepted value for other likelihoods.
-    z_dim : int
-        Dimension of the latent code z.
-    hidden : tuple of int
-        Widths of the hidden layers of the encoder; the decoder mirrors them.
-    activation : {"relu", "softplus", "tanh"}
-        Hidden-layer non-linearity.
-    prior : str
-        Name in :data:`pyro_vae.priors.PRIORS`.
-    prior_scale : float or None
-        Scale b of the ``laplace`` prior (λ = 1/b); default 1.
-    prior_df : float or None
-        Degrees of freedom ν of the ``studentt`` prior; default 3.
-    prior_components : int or None
-        K, the number of mixture components (``mog``) or pseudo-inputs (``vamp``); default 50.
-    flows : int or None
-        Number of flow layers of the ``iaf`` guide and of the ``flow`` prior; default 2.
-    likelihood : str
-        Name in :data:`pyro_vae.likelihoods.LIKELIHOODS`.
-    obs_scale : float or None
-        Fixed scale c of the ``normal`` (N(f(z), c²I)) and ``laplace`` likelihoods; default 0.1.
-    min_obs_scale : float or None
-        Floor of the decoder's scale for ``normal-learned``, against collapse; default 0.01.
+    kind: str
+    name: str
+    options: dict = field(default_factory=dict)
 
-        These part options are None unless given; :meth:`setting` resolves their defaults.
-        Given for a part that is not selected (``prior_df`` with the normal prior), they are
-        refused rather than silently ignored.
-    guide : str
-        Name in :data:`pyro_vae.guides.GUIDES`: ``normal``, ``iaf`` or ``delta``.
-    arch : {"mlp", "conv", "linear"}
-        Encoder and decoder networks.
-    corrupt : str or None
-        Denoising corruption C(x̃|x) fed to the guide: ``"gaussian:σ"`` or ``"mask:p"``.
-    contractive : float
-        λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on the encoder (0 = off).
-    elbo : {"trace", "meanfield", "iwae"}
-        ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO(alpha=0)`` (the IWAE bound).
-    particles : int
-        Samples of z per data point (R of the Monte Carlo ELBO, K of the IWAE bound).
-    beta : float
-        Weight of the KL term (β-VAE), applied with ``poutine.scale``.
-    kl_warmup : int
-        Epochs over which the KL weight rises linearly from 0 to β.
-    clip_norm : float or None
-        Clip each parameter's gradient to this norm (Pyro's ``clip_args``).
-    skip_nonfinite : int
-        Batches whose loss or gradient is NaN or infinite that training skips (leaving the
-        parameters as they were) before it stops; 0 stops at the first.
-    checkpoint_every : int or None
-        Also save the training state every this many steps within an epoch, not only at the
-        end of each epoch.
-    epochs, batch_size, lr, seed : int, int, float, int
-        Training length, minibatch size, Adam learning rate and random seed.
-    device : {"auto", "cpu", "cuda"}
-        Where parameters and data live; ``"auto"`` picks CUDA when available.
-    jit : bool or None
-        Compile the training objective with ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``).
-        ``None`` compiles whenever the run allows it (see
-        :func:`pyro_vae.objectives.jit_unsupported`), ``True`` requires it, ``False`` turns it
-        off. The compiled objective computes the same numbers as the uncompiled one.
-    data_shape : tuple of int or None
-        Shape of one data point, e.g. ``(28, 28)``; filled in from the data by ``fit``.
+    @property
+    def cls(self) -> type:
+        """The registered class."""
+        return PART_KINDS[self.kind][self.name]
+
+    def build(self, *args, **context):
+        """An instance: the class called with ``context`` and the options."""
+        return self.cls(*args, **context, **self.options)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in self.options.items()}}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What describes the model; :func:`pyro_vae.load` rebuilds it from this alone.
+
+    ``arch``, ``prior``, ``likelihood`` and ``guide`` are :class:`PartChoice` s. A model built
+    from the user's own networks (``user_built``) records only ``z_dim``, ``data_shape`` and
+    its likelihood; its weights are loaded into a model the user builds again.
 
     Raises
     ------
     ConfigError
-        On construction, for any invalid value or combination, with a one-line message.
+        For invalid values or parts that do not work together, with a one-line reason.
     """
 
-    dataset: str = "fashion-mnist"
-    test_dataset: str | None = None
-    data_dir: str | None = None
-    limit: int | None = None
-    binarize: str | None = None
-    z_dim: int = 20
-    hidden: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    prior: str = "normal"
-    prior_scale: float | None = None
-    prior_df: float | None = None
-    prior_components: int | None = None
-    flows: int | None = None
-    likelihood: str = "bernoulli"
-    obs_scale: float | None = None
-    min_obs_scale: float | None = None
-    guide: str = "normal"
-    arch: str = "mlp"
-    corrupt: str | None = None
-    contractive: float = 0.0
-    elbo: str = "trace"
-    particles: int = 1
-    beta: float = 1.0
-    kl_warmup: int = 0
-    clip_norm: float | None = None
-    skip_nonfinite: int = 0
-    checkpoint_every: int | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    jit: bool | None = None
-    data_shape: tuple[int, ...] | None = field(default=None)
+    z_dim: int = option(int, 20, "Latent dimension.", positive_int)
+    data_shape: tuple[int, ...] | None = None
+    arch: PartChoice | None = None
+    prior: PartChoice | None = None
+    likelihood: PartChoice | None = None
+    guide: PartChoice | None = None
+    user_built: bool = False
 
     def __post_init__(self) -> None:
-        from .corruption import parse_corruption
-        from .guides import GUIDES
-        from .likelihoods import LIKELIHOODS
-        from .priors import PRIORS
-
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        _validate_fields(self)
         if self.data_shape is not None:
-            object.__setattr__(self, "data_shape", tuple(self.data_shape))
-        _positive_int(self.z_dim, "--z-dim")
-        _positive_int(self.epochs, "--epochs")
-        _positive_int(self.batch_size, "--batch-size")
-        if self.limit is not None:
-            _positive_int(self.limit, "--limit")
-        if not self.hidden:
-            raise ConfigError("--hidden needs at least one layer width, e.g. --hidden 400")
-        for width in self.hidden:
-            _positive_int(width, "--hidden")
-        _positive_float(self.lr, "--lr")
-        for name in ("prior_scale", "prior_df", "obs_scale", "min_obs_scale"):
-            if getattr(self, name) is not None:
-                _positive_float(getattr(self, name), _flag(name))
-        for name in ("prior_components", "flows"):
-            if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), _flag(name))
-        _positive_int(self.particles, "--particles")
-        _positive_float(self.beta, "--beta")
-        if not isinstance(self.kl_warmup, int) or isinstance(self.kl_warmup, bool) or (
-            self.kl_warmup < 0
-        ):
-            raise ConfigError(
-                f"--kl-warmup must be a whole number of epochs ≥ 0, got {self.kl_warmup!r}"
-            )
-        if self.clip_norm is not None:
-            _positive_float(self.clip_norm, "--clip-norm")
-        if not isinstance(self.skip_nonfinite, int) or isinstance(self.skip_nonfinite, bool) or (
-            self.skip_nonfinite < 0
-        ):
-            raise ConfigError(
-                f"--skip-nonfinite must be a whole number of batches ≥ 0, got "
-                f"{self.skip_nonfinite!r}"
-            )
-        if self.checkpoint_every is not None:
-            _positive_int(self.checkpoint_every, "--checkpoint-every")
-        if self.contractive != 0:
-            _positive_float(self.contractive, "--contractive")
-        parse_corruption(self.corrupt)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not (
-            0 <= self.seed < 2**32
-        ):
-            raise ConfigError(f"--seed must be an integer in [0, 2^32), got {self.seed!r}")
-        _choice(self.prior, tuple(PRIORS), "--prior")
-        _choice(self.likelihood, tuple(LIKELIHOODS), "--likelihood")
-        _choice(self.activation, ACTIVATIONS, "--activation")
-        _choice(self.device, DEVICES, "--device")
-        _choice(self.guide, tuple(GUIDES), "--guide")
-        _choice(self.arch, ARCHS, "--arch")
-        _choice(self.elbo, ELBOS, "--elbo")
-        for name, (part, choices, _) in PART_OPTIONS.items():
-            if getattr(self, name) is not None and not self.uses(name):
-                users = f"--{part} {' or '.join(choices)}"
-                if name == "flows":
-                    users = "--guide iaf or --prior flow"
-                raise ConfigError(
-                    f"{_flag(name)} applies to {users} only; drop it or choose that {part}"
-                )
-        self._check_combination()
-        if self.jit is not None and not isinstance(self.jit, bool):
-            raise ConfigError(f"jit must be true, false or null (automatic), got {self.jit!r}")
-        if self.jit:
-            from .objectives import jit_unsupported
-
-            reason = jit_unsupported(self)
-            if reason is not None:
-                raise ConfigError(f"--jit is not possible here: {reason}; drop --jit")
-        if self.likelihood == "bernoulli":
-            if self.binarize is not None:
-                _choice(self.binarize, BINARIZE_MODES, "--binarize")
-        elif self.binarize is not None:
-            raise ConfigError(
-                f"--binarize applies to the bernoulli likelihood only, not {self.likelihood!r}; "
-                "drop --binarize or use --likelihood bernoulli"
-            )
-        if self.data_shape is not None:
-            if not self.data_shape or any(
-                not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in self.data_shape
-            ):
+            shape = tuple(self.data_shape) if isinstance(self.data_shape, (list, tuple)) else ()
+            if not shape or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0
+                                for s in shape):
                 raise ConfigError(f"data_shape must be positive integers, got {self.data_shape!r}")
-
-    def uses(self, name: str) -> bool:
-        """Whether the part option ``name`` (a key of :data:`PART_OPTIONS`) matters here."""
-        part, choices, _ = PART_OPTIONS[name]
-        if name == "flows" and self.prior == "flow":
-            return True
-        return getattr(self, part) in choices
-
-    def setting(self, name: str):
-        """The value of part option ``name``: as given, else its default."""
-        value = getattr(self, name)
-        return PART_OPTIONS[name][2] if value is None else value
-
-    def _check_combination(self) -> None:
-        """Refuse combinations of parts that define no sensible objective, saying why."""
-        if self.elbo == "iwae" and self.guide == "delta":
-            raise ConfigError(
-                "--elbo iwae needs a guide with a density to importance-sample from, and a point "
-                "mass (--guide delta) has none; use --guide normal or iaf, or --elbo trace"
-            )
-        if self.prior == "none" and self.guide != "delta":
-            raise ConfigError(
-                "a flat prior (--prior none) makes the ELBO of a stochastic guide unbounded; "
-                "use it with --guide delta (the plain autoencoder) or pick another prior"
-            )
-        if self.guide == "delta" and self.prior in ("mog", "flow"):
-            raise ConfigError(
-                f"with a point-mass guide the objective log p(x|h) + log p(h) has no entropy "
-                f"term, so the learnable --prior {self.prior} can raise log p(h) without bound; "
-                "use --guide normal or a fixed prior (normal, laplace, studentt)"
-            )
-        if self.elbo == "iwae" and self.particles < 2:
-            raise ConfigError(
-                "--elbo iwae with one particle is the ordinary ELBO; give --particles K ≥ 2 "
-                "(e.g. 5) or use --elbo trace"
-            )
-        if self.guide == "delta" and self.particles > 1:
-            raise ConfigError(
-                "a point-mass guide draws the same code every time, so --particles > 1 only "
-                "repeats work; drop --particles"
-            )
-        if self.prior == "vamp" and self.guide != "normal":
-            raise ConfigError(
-                "--prior vamp mixes the guide's Gaussian posteriors at pseudo-inputs, so it "
-                "needs --guide normal"
-            )
-        if self.elbo == "iwae" and (self.beta != 1.0 or self.kl_warmup > 0):
-            raise ConfigError(
-                "--beta and --kl-warmup reweight the KL term of the ELBO, which the IWAE bound "
-                "does not have; use them with --elbo trace or meanfield"
-            )
-        if (self.guide == "iaf" or self.prior == "flow") and self.z_dim < 2:
-            raise ConfigError("autoregressive flows (--guide iaf, --prior flow) need --z-dim ≥ 2")
-        if self.data_shape is not None and self.arch == "conv":
-            shape = self.data_shape
-            if len(shape) != 2 or shape[0] % 4 or shape[1] % 4:
-                raise ConfigError(
-                    f"--arch conv needs images whose height and width are multiples of 4, but "
-                    f"the data have shape {shape}; use --arch mlp"
-                )
-
-    @property
-    def binarization(self) -> str | None:
-        """The binarisation in effect: ``binarize``, ``"dynamic"`` by default for Bernoulli,
-        ``None`` for other likelihoods."""
-        if self.likelihood != "bernoulli":
-            return None
-        return self.binarize or "dynamic"
+            object.__setattr__(self, "data_shape", shape)
+        if self.likelihood is None:
+            raise ConfigError("a model needs a likelihood")
+        if not self.user_built and None in (self.arch, self.prior, self.guide):
+            raise ConfigError("a model needs an arch, a prior and a guide")
 
     @property
     def input_dim(self) -> int:
@@ -323,81 +138,384 @@ class Config:
             raise ConfigError("data_shape is unknown until the data are loaded")
         return math.prod(self.data_shape)
 
+    def check(self) -> None:
+        """Refuse parts that do not work together, saying why (rules over capabilities)."""
+        if self.user_built:
+            return
+        prior, family = self.prior.cls, self.guide.cls
+        if not prior.proper and not family.point_mass:
+            raise ConfigError(
+                f"a flat prior (--prior {prior.name}) makes the ELBO of a stochastic guide "
+                f"unbounded; use it with --guide {_names(FAMILIES, 'point_mass')} (the plain "
+                "autoencoder) or pick another prior")
+        if prior.needs_encoder and not family.gaussian:
+            raise ConfigError(
+                f"--prior {prior.name} mixes the guide's Gaussian posteriors at pseudo-inputs, so "
+                f"it needs --guide {_names(FAMILIES, 'gaussian')}")
+        if family.point_mass and prior.learnable:
+            fixed = ", ".join(n for n, c in PRIORS.parts.items() if c.proper and not c.learnable)
+            raise ConfigError(
+                f"with a point-mass guide the objective log p(x|h) + log p(h) has no entropy "
+                f"term, so the learnable --prior {prior.name} can raise log p(h) without bound; "
+                f"use --guide {_names(FAMILIES, 'gaussian')} or a fixed prior ({fixed})")
+        for part in (prior, family):
+            least, why = part.min_z_dim
+            if self.z_dim < least:
+                raise ConfigError(f"{why} (--{part.kind} {part.name}) need --z-dim ≥ {least}")
+        if self.data_shape is not None:
+            problem = self.arch.build().check_data_shape(self.data_shape)
+            if problem is not None:
+                raise ConfigError(problem)
+
+    def to_dict(self) -> dict:
+        body = {"z_dim": self.z_dim, "data_shape": list(self.data_shape or []) or None}
+        if self.user_built:
+            body["user_built"] = True
+        for kind in PART_KINDS:
+            if getattr(self, kind) is not None:
+                body[kind] = getattr(self, kind).to_dict()
+        return body
+
+
+def _names(registry, capability: str) -> str:
+    """``normal or iaf``: the parts of ``registry`` that have ``capability``."""
+    return " or ".join(n for n, c in registry.parts.items() if getattr(c, capability))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data come from and how grey levels are binarised."""
+
+    dataset: str = option(
+        str, "fashion-mnist", "fashion-mnist, mnist, kmnist, or a .npy/.npz file of (N, H, W) or "
+        "(N, D) data (uint8 0-255 or floats); a .npz holds x_train and optional x_test.")
+    test_dataset: str | None = option(
+        str, None, "Separate test file (.npy, or .npz with x_test). Default: the dataset's test "
+        "split, else a seeded 10% hold-out.")
+    data_dir: str | None = option(
+        str, None, "Folder searched first for named datasets and used for downloads.")
+    limit: int | None = option(int, None, "Use only the first N training images.", positive_int)
+    binarize: str | None = option(
+        str, None, "Bernoulli likelihood only: dynamic (fresh draw of each grey level every "
+        "epoch; default), static (once), none (data already 0/1).", choices=BINARIZE_MODES)
+
+    def __post_init__(self) -> None:
+        _validate_fields(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The objective, its schedule, and how the run trains."""
+
+    elbo: str = option(str, "trace", "trace (Trace_ELBO), meanfield (analytic KL where known), "
+                       "iwae (IWAE bound, RenyiELBO α=0).", choices=OBJECTIVES.names)
+    particles: int = option(int, 1, "Samples of z per image: R of the Monte Carlo ELBO, K ≥ 2 of "
+                            "the IWAE bound.", positive_int)
+    beta: float = option(float, 1.0, "Weight of the KL term (β-VAE).", positive)
+    kl_warmup: int = option(int, 0, "Epochs over which the KL weight rises linearly from 0 to "
+                            "β.", _count_of("epochs"))
+    corrupt: str | None = option(
+        str, None, "Denoising: feed the guide a corrupted x̃ (Gaussian noise, or each pixel "
+        "zeroed with probability p) while the likelihood scores the clean x.", _corruption,
+        metavar="gaussian:σ|mask:p")
+    contractive: float = option(float, 0.0, "λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on "
+                                "the encoder.", _non_negative)
+    clip_norm: float | None = option(
+        float, None, "Clip the gradient of each parameter tensor to this norm (Pyro's "
+        "clip_args; not one global norm).", positive)
+    skip_nonfinite: int = option(
+        int, 0, "Skip up to N batches whose loss or gradient is NaN or infinite (the parameters "
+        "stay as they were) before stopping.", _count_of("batches"), metavar="N")
+    checkpoint_every: int | None = option(
+        int, None, "Also save the training state every STEPS steps, not only after each epoch.",
+        positive_int, metavar="STEPS")
+    epochs: int = option(int, 10, "Training epochs.", positive_int)
+    batch_size: int = option(int, 128, "Images per SVI step.", positive_int)
+    lr: float = option(float, 1e-3, "Adam learning rate.", positive)
+    seed: int = option(int, 0, "Random seed; runs on CPU are reproducible.", _seed)
+    device: str = option(str, "auto", "Where parameters and data live.", choices=DEVICES)
+    jit: bool | None = option(
+        bool, None, "Compile the objective with Pyro's JitTrace_ELBO. Default: whenever the run "
+        "allows it (--elbo trace without --contractive).", flag="jit/--no-jit")
+
+    def __post_init__(self) -> None:
+        if self.jit is not None and not isinstance(self.jit, bool):
+            raise ConfigError(f"jit must be true, false or null (automatic), got {self.jit!r}")
+        _validate_fields(self)
+
+
+def part_option_flags() -> dict[str, list[tuple[type, str]]]:
+    """Flat option name (``prior_df``) → the (part class, attribute) pairs that declare it."""
+    flags: dict[str, list[tuple[type, str]]] = {}
+    for registry in PART_KINDS.values():
+        for cls in registry.parts.values():
+            for attribute in cls.options():
+                flags.setdefault(cls.flag(attribute).replace("-", "_"), []).append(
+                    (cls, attribute))
+    return flags
+
+
+def _choose(kind: str, name: str, given: dict) -> PartChoice:
+    cls = PART_KINDS[kind][name]
+    mine = {a: given[cls.flag(a).replace("-", "_")] for a in cls.options()
+            if given.get(cls.flag(a).replace("-", "_")) is not None}
+    return PartChoice(kind, name, cls.resolve(mine))
+
+
+def _refuse_unused(chosen: dict[str, str], given: dict) -> None:
+    """Part options given for parts that are not chosen are refused, not ignored."""
+    for flat, declared in part_option_flags().items():
+        if given.get(flat) is None or any(chosen[c.kind] == c.name for c, _ in declared):
+            continue
+        users: dict[str, list[str]] = {}
+        for cls, _ in declared:
+            users.setdefault(cls.kind, []).append(cls.name)
+        text = " or ".join(f"--{kind} {' or '.join(names)}" for kind, names in users.items())
+        raise ConfigError(f"--{flat.replace('_', '-')} applies to {text} only; drop it or "
+                          "choose that part")
+
+
+_DEFAULT_PARTS = {"arch": "mlp", "prior": "normal", "likelihood": "bernoulli", "guide": "normal"}
+
+
+class Config:
+    """A whole run: :attr:`model`, :attr:`data` and :attr:`train`, from flat options.
+
+    Parameters
+    ----------
+    **options
+        Any option of the command line, in Python spelling: ``prior="studentt"``,
+        ``prior_df=5.0``, ``hidden=(512, 256)``, ``epochs=3``, ``data_shape=(28, 28)``. Part
+        options left out take their part's declared default; given for a part that is not
+        chosen, they are refused.
+
+    Raises
+    ------
+    ConfigError
+        On construction, for any invalid value or combination, with a one-line message.
+    """
+
+    def __init__(self, **options):
+        self._given = {k: v for k, v in options.items() if v is not None}
+        train_keys, data_keys = section_options(TrainConfig), section_options(DataConfig)
+        part_flags = part_option_flags()
+        unknown = sorted(set(self._given) - set(train_keys) - set(data_keys) - set(part_flags)
+                         - set(PART_KINDS) - {"z_dim", "data_shape"})
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
+        self.train = TrainConfig(**{k: v for k, v in self._given.items() if k in train_keys})
+        self.data = DataConfig(**{k: v for k, v in self._given.items() if k in data_keys})
+        chosen = {kind: self._given.get(kind, default) for kind, default in _DEFAULT_PARTS.items()}
+        for kind, name in chosen.items():
+            PART_KINDS[kind][name]  # noqa: B018  (an unknown name is a ConfigError)
+        self.model = ModelConfig(
+            z_dim=self._given.get("z_dim", 20), data_shape=self._given.get("data_shape"),
+            **{kind: _choose(kind, name, self._given) for kind, name in chosen.items()})
+        _refuse_unused(chosen, self._given)
+        self._check()
+
+    @classmethod
+    def of(cls, model: ModelConfig, data: DataConfig, train: TrainConfig) -> "Config":
+        """A config from its three sections (a user-built model's included)."""
+        self = cls.__new__(cls)
+        self.model, self.data, self.train, self._given = model, data, train, {}
+        for section in (data, train):
+            self._given.update({k: v for k, v in dataclasses.asdict(section).items()
+                                if v is not None})
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        """The combination rules, over capabilities, in a fixed order (first reason wins)."""
+        model, train = self.model, self.train
+        objective = OBJECTIVES[train.elbo]
+        family = model.guide.cls if model.guide is not None else None
+        if family is not None and objective.needs_density and not family.has_density:
+            raise ConfigError(
+                f"--elbo {train.elbo} needs a guide with a density to importance-sample from, "
+                f"and a point mass (--guide {family.name}) has none; use --guide "
+                f"{_names(FAMILIES, 'has_density')}, or --elbo trace")
+        model.check()
+        least, why = objective.min_particles
+        if train.particles < least:
+            raise ConfigError(f"--elbo {train.elbo} {why}; give --particles K ≥ {least} (e.g. 5) "
+                              "or use --elbo trace")
+        if family is not None and family.point_mass and train.particles > 1:
+            raise ConfigError("a point-mass guide draws the same code every time, so "
+                              "--particles > 1 only repeats work; drop --particles")
+        if not objective.has_kl_term and (train.beta != 1.0 or train.kl_warmup > 0):
+            raise ConfigError(
+                f"--beta and --kl-warmup reweight the KL term of the ELBO, which --elbo "
+                f"{train.elbo} does not have; use them with --elbo "
+                f"{_names(OBJECTIVES, 'has_kl_term')}")
+        if self.data.binarize is not None and not model.likelihood.cls.binary:
+            raise ConfigError(
+                f"--binarize applies to the {_names(LIKELIHOODS, 'binary')} likelihood only, not "
+                f"{model.likelihood.name!r}; drop --binarize or use --likelihood "
+                f"{_names(LIKELIHOODS, 'binary')}")
+
+    def __getattr__(self, name: str) -> Any:
+        """Flat read access in the options' own names: ``config.epochs``, ``config.prior``
+        (the prior's name), ``config.prior_df`` (its value, None when no chosen part has it)."""
+        if name.startswith("_") or name in ("model", "data", "train"):
+            raise AttributeError(name)
+        for section in (self.train, self.data, self.model):
+            if name in {f.name for f in dataclasses.fields(section)}:
+                value = getattr(section, name)
+                return value.name if isinstance(value, PartChoice) else value
+        for cls, attribute in part_option_flags().get(name, []):
+            choice = getattr(self.model, cls.kind)
+            if choice is not None and choice.name == cls.name:
+                return choice.options[attribute]
+        if name in part_option_flags():
+            return None
+        raise AttributeError(name)
+
+    @property
+    def binarization(self) -> str | None:
+        """The binarisation in effect: ``binarize``, ``"dynamic"`` by default for likelihoods
+        of binary data, ``None`` for the others."""
+        if not self.model.likelihood.cls.binary:
+            return None
+        return self.data.binarize or "dynamic"
+
+    @property
+    def input_dim(self) -> int:
+        """D, as :attr:`ModelConfig.input_dim`."""
+        return self.model.input_dim
+
     def replace(self, **changes) -> "Config":
-        """A copy with ``changes`` applied and validated again."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (flat options) applied and validated again."""
+        if self.model.user_built:
+            return Config.of(dataclasses.replace(self.model, **{
+                k: v for k, v in changes.items() if k in ("z_dim", "data_shape")}),
+                dataclasses.replace(self.data, **_only(changes, DataConfig)),
+                dataclasses.replace(self.train, **_only(changes, TrainConfig)))
+        return Config(**{**self._given, **changes})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Config({self.model!r}, {self.data!r}, {self.train!r})"
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary, with the format marker and version."""
-        body = dataclasses.asdict(self)
-        body["hidden"] = list(self.hidden)
-        if self.data_shape is not None:
-            body["data_shape"] = list(self.data_shape)
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": body}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
+                "training": dataclasses.asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, payload: object) -> "Config":
-        """Rebuild a config written by :meth:`to_dict`.
+    def from_dict(cls, payload: object, *, model_only: bool = False) -> "Config":
+        """Rebuild a config written by :meth:`to_dict` (format 2) or by the first release
+        (format 1, one flat table).
+
+        With ``model_only``, the training section is read without validation, so a run whose
+        training options this installation cannot honour (``jit`` where TorchScript is
+        missing) still loads for sampling and evaluation.
 
         Raises
         ------
         CheckpointError
-            If ``payload`` is not a pyro_vae config, comes from an incompatible format version,
-            has unknown keys, lacks ``data_shape``, or holds invalid values. Other missing keys
-            take their defaults, so configs written before an option existed still load.
+            If ``payload`` is not a pyro_vae config, comes from a newer format, has unknown
+            keys, lacks ``data_shape``, or holds invalid values.
         """
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(
-                "config.json is not a pyro_vae run configuration; "
-                "point to a folder written by 'pyro-vae fit'"
-            )
-        version = payload.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"config.json has format version {version!r} but this pyro_vae reads version "
-                f"{FORMAT_VERSION}; retrain with this version or install the one that wrote it"
-            )
-        body = payload.get("config")
-        if not isinstance(body, dict):
-            raise CheckpointError("config.json has no 'config' table; the file is damaged")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise CheckpointError(
-                f"config.json has unknown keys {unknown}; it was written by another pyro_vae "
-                "version: install that version or retrain"
-            )
-        if body.get("data_shape") is None:
-            raise CheckpointError("config.json lacks data_shape; the file is damaged, retrain")
-        if not isinstance(body.get("hidden", []), list):
-            raise CheckpointError("config.json: 'hidden' must be a list of layer widths")
+        version = _check_header(payload)
         try:
-            return cls(**body)
-        except (ConfigError, TypeError) as err:
+            if version == 1:
+                return _from_v1(payload["config"])
+            return _from_v2(payload, model_only)
+        except (ConfigError, TypeError, KeyError, AttributeError) as err:
             raise CheckpointError(f"config.json holds an invalid value: {err}") from None
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _only(changes: dict, section) -> dict:
+    return {k: v for k, v in changes.items() if k in section_options(section)}
 
 
-#: Largest count torch can index with, the bound on every size and count option.
-MAX_SIZE = 2**31 - 1
+def _check_header(payload: object) -> int:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("config.json is not a pyro_vae run configuration; "
+                              "point to a folder written by 'pyro-vae fit'")
+    version = payload.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(
+            f"config.json has format version {version!r} but this pyro_vae reads versions 1 to "
+            f"{FORMAT_VERSION}; install the version that wrote it")
+    return version
 
 
-def _positive_int(value: object, flag: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    if value > MAX_SIZE:
-        raise ConfigError(f"{flag} must be at most 2^31 - 1, got {value}")
+def _from_v1(body: object) -> Config:
+    """Format 1: one flat table of every option (the first release)."""
+    if not isinstance(body, dict):
+        raise CheckpointError("config.json has no 'config' table; the file is damaged")
+    unknown = sorted(set(body) - _V1_KEYS)
+    if unknown:
+        raise CheckpointError(f"config.json has unknown keys {unknown}; it was written by "
+                              "another pyro_vae version: install that version or retrain")
+    if body.get("data_shape") is None:
+        raise CheckpointError("config.json lacks data_shape; the file is damaged, retrain")
+    if not isinstance(body.get("hidden", []), list):
+        raise CheckpointError("config.json: 'hidden' must be a list of layer widths")
+    options = dict(body)
+    if options.get("arch") == "linear":  # format 1 stored the unused defaults of linear nets
+        options.pop("hidden", None), options.pop("activation", None)
+    return Config(**options)
 
 
-def _positive_float(value: object, flag: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{flag} must be a positive finite number, got {value!r}")
+#: The keys of a format-1 ``config.json``.
+_V1_KEYS = frozenset(
+    "dataset test_dataset data_dir limit binarize z_dim hidden activation prior prior_scale "
+    "prior_df prior_components flows likelihood obs_scale min_obs_scale guide arch corrupt "
+    "contractive elbo particles beta kl_warmup clip_norm skip_nonfinite checkpoint_every epochs "
+    "batch_size lr seed device jit data_shape".split())
 
 
-def _choice(value: object, choices: tuple[str, ...], flag: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+def _part_from_dict(kind: str, body: object) -> PartChoice | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict) or "name" not in body:
+        raise CheckpointError(f"config.json: model.{kind} must be a table with a name")
+    options = {k: v for k, v in body.items() if k != "name"}
+    cls = PART_KINDS[kind][body["name"]]
+    return PartChoice(kind, body["name"], cls.resolve(options))
+
+
+_V2_KEYS = {"model": {"z_dim", "data_shape", "user_built", *PART_KINDS},
+            "data": set(section_options(DataConfig)), "training": set(section_options(TrainConfig))}
+
+
+def _from_v2(payload: dict, model_only: bool) -> Config:
+    for section, known in _V2_KEYS.items():
+        unknown = sorted(set(payload.get(section) or {}) - known)
+        if unknown:
+            raise CheckpointError(f"config.json has unknown keys {unknown} in {section}; it was "
+                                  "written by another pyro_vae version: install that version")
+    body = payload.get("model")
+    if not isinstance(body, dict) or body.get("data_shape") is None:
+        raise CheckpointError("config.json lacks model.data_shape; the file is damaged, retrain")
+    model = ModelConfig(z_dim=body.get("z_dim"), data_shape=body["data_shape"],
+                        user_built=bool(body.get("user_built", False)),
+                        **{kind: _part_from_dict(kind, body.get(kind)) for kind in PART_KINDS})
+    model.check()
+    data = DataConfig(**payload.get("data", {}))
+    training = payload.get("training", {})
+    if model_only:
+        train = TrainConfig.__new__(TrainConfig)  # kept as written, not validated
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        for name, value in {**defaults, **training}.items():
+            object.__setattr__(train, name, value)
+        config = Config.__new__(Config)
+        config.model, config.data, config.train, config._given = model, data, train, {}
+        return config
+    train = TrainConfig(**training)
+    if model.user_built:
+        return Config.of(model, data, train)
+    given = {**{k: v for k, v in dataclasses.asdict(data).items() if v is not None},
+             **{k: v for k, v in dataclasses.asdict(train).items() if v is not None},
+             "z_dim": model.z_dim, "data_shape": model.data_shape}
+    for kind in PART_KINDS:
+        choice = getattr(model, kind)
+        given[kind] = choice.name
+        given.update({choice.cls.flag(a).replace("-", "_"): v for a, v in choice.options.items()})
+    return Config(**given)

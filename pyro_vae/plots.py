@@ -1,5 +1,7 @@
-"""Pictures of what a VAE learned: training curve, samples, reconstructions, interpolations,
-latent traversals, the decoded latent manifold and a latent map (matplotlib, torchvision)."""
+"""Drawing: PNG image grids (torchvision), the training curve and the latent map (matplotlib).
+
+These functions draw tensors and numbers; they know nothing of models (the pictures of a model
+are computed in :mod:`pyro_vae.evaluation.pictures`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write_bytes
+from .io.files import atomic_write_bytes
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -59,59 +61,6 @@ def interleave_rows(rows: list[torch.Tensor], per_row: int) -> torch.Tensor:
     """
     d = rows[0].shape[-1]
     return torch.stack([r.reshape(-1, per_row, d) for r in rows], dim=1).reshape(-1, d)
-
-
-@torch.no_grad()
-def interpolation_grid(vae, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8,
-                       shown_a: torch.Tensor | None = None,
-                       shown_b: torch.Tensor | None = None) -> torch.Tensor:
-    """Decoded points on the line between the encodings of pairs of images.
-
-    Row i is [x_a, p(x | z_t) for t = 0 … 1 in ``steps`` steps, x_b] with
-    z_t = (1 − t) μ(x_a) + t μ(x_b): a regular latent space decodes the midpoint to something
-    halfway between the two images. ``x_a``, ``x_b`` (pairs, D) are what the encoder sees;
-    ``shown_a``, ``shown_b`` what the end columns show (default: the same). Returns
-    (pairs · (steps + 2), D).
-    """
-    z_a, z_b = vae.encode(x_a)[0], vae.encode(x_b)[0]
-    t = torch.linspace(0, 1, steps, device=z_a.device)[None, :, None]
-    decoded = vae.decode((1 - t) * z_a[:, None] + t * z_b[:, None])  # pairs x steps x D
-    ends_a = x_a if shown_a is None else shown_a
-    ends_b = x_b if shown_b is None else shown_b
-    return torch.cat([ends_a[:, None], decoded, ends_b[:, None]], dim=1).reshape(-1, x_a.shape[-1])
-
-
-@torch.no_grad()
-def traversal_grid(vae, x: torch.Tensor, steps: int = 9) -> torch.Tensor:
-    """Each row sets one latent unit of the encoding of one image ``x`` (1, D) to ``steps``
-    quantiles 1%…99% of that unit under the prior (from 20,000 draws; ±3 around the encoding
-    for a flat prior), the other units fixed. Returns (z_dim · steps, D)."""
-    z = vae.encode(x)[0][0]
-    levels = torch.linspace(0.01, 0.99, steps, device=z.device)
-    try:
-        values = torch.quantile(vae.prior().sample((20000,)), levels, dim=0).T  # unit x step
-    except NotImplementedError:  # the flat prior cannot be sampled
-        values = z[:, None] + torch.linspace(-3, 3, steps, device=z.device)
-    codes = z.repeat(vae.z_dim, steps, 1)  # unit x step x z_dim
-    for u in range(vae.z_dim):
-        codes[u, :, u] = values[u]
-    return vae.decode(codes.reshape(-1, vae.z_dim))
-
-
-@torch.no_grad()
-def manifold_grid(vae, side: int = 15) -> torch.Tensor:
-    """For two latent units: decode a side × side grid over the prior's quantiles 5%…95% of
-    each unit (Kingma & Welling 2014, fig. 4), estimated from 20,000 prior draws.
-
-    Returns (side², D). Raises ``ValueError`` unless z_dim is 2.
-    """
-    if vae.z_dim != 2:
-        raise ValueError(f"the manifold picture needs --z-dim 2, this model has {vae.z_dim}")
-    draws = vae.prior().sample((20000,))
-    levels = torch.linspace(0.05, 0.95, side, device=draws.device)
-    q = torch.quantile(draws, levels, dim=0)  # side x 2
-    grid = torch.stack(torch.meshgrid(q[:, 0], q[:, 1].flip(0), indexing="xy"), dim=-1)
-    return vae.decode(grid.reshape(-1, 2))
 
 
 def save_latent_map(codes: torch.Tensor, labels: torch.Tensor | None, path,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pyro_vae import Config, Data, VAE
-from pyro_vae.data import DEBIAN_DIRS, load_data
+from pyro_vae.io.data import DEBIAN_DIRS, load_data
 
 N_TRAIN, N_TEST = 2000, 500
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, CheckpointError, Config, RunDirError, load, save
-from pyro_vae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, prepare_run_dir
+from pyro_vae.io.checkpoint import CONFIG_FILE, WEIGHTS_FILE, prepare_run_dir
 
 
 @pytest.fixture
@@ -84,10 +84,11 @@ def test_weights_from_another_architecture_are_refused(saved, tmp_path):
     [
         (lambda c: c.update(format_version=99), "format version 99"),
         (lambda c: c.update(format="something-else"), "not a pyro_vae run"),
-        (lambda c: c["config"].update(new_option=1), "unknown keys"),
-        (lambda c: c["config"].update(z_dim=-3), "invalid value"),
-        (lambda c: c["config"].update(prior="cauchy"), "invalid value"),
-        (lambda c: c["config"].pop("data_shape"), "data_shape"),
+        (lambda c: c["model"].update(new_option=1), "unknown keys"),
+        (lambda c: c["training"].update(new_option=1), "unknown keys"),
+        (lambda c: c["model"].update(z_dim=-3), "invalid value"),
+        (lambda c: c["model"]["prior"].update(name="cauchy"), "invalid value"),
+        (lambda c: c["model"].pop("data_shape"), "data_shape"),
     ],
 )
 def test_incompatible_or_invalid_config_is_refused(saved, edit, match):
@@ -132,7 +133,7 @@ def test_overwrite_replaces_runs_but_never_foreign_folders(saved, tmp_path):
 def test_config_describing_an_impossible_model_is_refused(saved):
     run, _ = saved
     payload = json.loads((run / CONFIG_FILE).read_text())
-    payload["config"]["data_shape"] = [100000, 100000]
+    payload["model"]["data_shape"] = [100000, 100000]
     (run / CONFIG_FILE).write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="cannot be built|does not match"):
         load(run)
@@ -161,20 +162,21 @@ def test_constant_buffers_stay_out_of_checkpoints(saved):
 )
 def test_every_choice_round_trips_through_config_json(tmp_path, options):
     pyro.set_rng_seed(0)
-    config = Config(z_dim=4, hidden=(16,), data_shape=(8, 8), **options)
+    hidden = {} if options.get("arch") == "linear" else {"hidden": (16,)}
+    config = Config(z_dim=4, data_shape=(8, 8), **hidden, **options)
     vae = VAE.from_config(config)
     for p in vae.parameters():  # away from initialisation, so equality means loaded weights
         torch.nn.init.normal_(p, std=0.1)
     save(vae, tmp_path / "run")
     loaded = load(tmp_path / "run")
-    assert loaded.config == config
+    assert loaded.config == config.model
     x = torch.rand(5, 64)
     for a, b in zip(vae.encode(x), loaded.encode(x)):
         assert torch.equal(a, b)
     z = torch.randn(5, 4)
     assert torch.equal(vae.decode(z), loaded.decode(z))
     assert torch.equal(vae.prior().log_prob(z), loaded.prior().log_prob(z))
-    assert torch.equal(vae.encoder(x).log_prob(z), loaded.encoder(x).log_prob(z))
+    assert torch.equal(vae.posterior(x).log_prob(z), loaded.posterior(x).log_prob(z))
     if config.prior != "none":
         pyro.set_rng_seed(7)
         first = vae.sample(3)

@@ -45,8 +45,8 @@ def test_fit_writes_a_complete_run_directory(trained_run):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"epoch", "train_seconds", "train_neg_elbo", "test_neg_elbo"} <= set(rows[0])
     assert float(rows[1]["test_neg_elbo"]) < float(rows[0]["test_neg_elbo"])
-    config = json.loads((trained_run / "config.json").read_text())["config"]
-    assert config["data_shape"] == [28, 28] and config["hidden"] == [128]
+    model = json.loads((trained_run / "config.json").read_text())["model"]
+    assert model["data_shape"] == [28, 28] and model["arch"]["hidden"] == [128]
     assert Image.open(trained_run / "samples.png").size == (242, 242)  # 8×8 of 28 px, 2 px pad
 
 
@@ -177,7 +177,7 @@ def test_fit_refuses_a_non_empty_out_unless_overwrite(trained_run, fmnist_npz, t
     result = run("fit", "--dataset", fmnist_npz, *SMALL, "--epochs", 1, "--seed", 9,
                  "--out", run_copy, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert json.loads((run_copy / "config.json").read_text())["config"]["seed"] == 9
+    assert json.loads((run_copy / "config.json").read_text())["training"]["seed"] == 9
     assert len(list(csv.DictReader(open(run_copy / "metrics.csv")))) == 1
 
 
@@ -305,9 +305,10 @@ def test_model_family_options_train_from_the_cli(fmnist_npz, tmp_path):
                  "--prior-components", 5, "--guide", "iaf", "--elbo", "iwae", "--particles", 3,
                  "--likelihood", "categorical", "--arch", "conv", "--limit", 200, "--out", out)
     assert result.exit_code == 0, result.output
-    config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["prior"], config["guide"], config["elbo"], config["arch"]) == (
-        "mog", "iaf", "iwae", "conv")
+    config = json.loads((out / "config.json").read_text())
+    model = config["model"]
+    assert (model["prior"]["name"], model["guide"]["name"], config["training"]["elbo"],
+            model["arch"]["name"]) == ("mog", "iaf", "iwae", "conv")
     row = next(csv.DictReader(open(out / "metrics.csv")))
     bits = float(row["test_bits_per_dim"])
     assert abs(bits - float(row["test_neg_elbo"]) / (784 * np.log(2))) < 1e-4
@@ -432,7 +433,7 @@ def test_latent_map_and_the_manifold_needs_two_latent_units(trained_run, fmnist_
 
 def test_interpolation_midpoint_lies_between_the_two_encodings(trained_run):
     from pyro_vae import load
-    from pyro_vae.plots import interpolation_grid
+    from pyro_vae.evaluation.pictures import interpolation_grid
 
     vae = load(trained_run)
     a, b = torch.rand(1, 784).bernoulli(), torch.rand(1, 784).bernoulli()
@@ -472,7 +473,7 @@ def test_a_failing_diagnose_leaves_no_partial_folder(trained_run, tmp_path, monk
         (out_dir / "posterior.nc").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pyro_vae.diagnostics.diagnose", fail_halfway)
+    monkeypatch.setattr("pyro_vae.evaluation.diagnostics.diagnose", fail_halfway)
     result = run("diagnose", trained_run, "--num-images", 5, "--out", tmp_path / "diag")
     assert result.exit_code == 1 and "No space left" in result.output
     assert not any(tmp_path.iterdir()), "neither --out nor a staging folder remains"
@@ -560,7 +561,7 @@ def test_a_signal_saves_the_run_and_resuming_matches_an_uninterrupted_run(
     import time
 
     from pyro_vae import fit, load
-    from pyro_vae.checkpoint import load_training_state
+    from pyro_vae.io.checkpoint import load_training_state
 
     out = tmp_path / "run"
     options = dict(hidden=(64,), z_dim=8, batch_size=20)
@@ -599,7 +600,7 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_run(fmnist_npz, tmp_
     import time
 
     from pyro_vae import load
-    from pyro_vae.checkpoint import load_training_state
+    from pyro_vae.io.checkpoint import load_training_state
 
     out = tmp_path / "run"
     rng = random.Random(0)

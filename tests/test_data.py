@@ -6,8 +6,9 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae import Config, Data, DataError, data
-from pyro_vae.data import DEBIAN_DIRS, load_data
+from pyro_vae import Config, Data, DataError
+from pyro_vae.io import data
+from pyro_vae.io.data import DEBIAN_DIRS, load_data
 
 DEBIAN = DEBIAN_DIRS["fashion-mnist"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config, ConfigError, fit
-from pyro_vae.data import Data
-from pyro_vae.diagnostics import (
+from pyro_vae.io.data import Data
+from pyro_vae.evaluation.diagnostics import (
     check_diagnosable,
     inference_data,
     nuts_reference,
@@ -39,7 +39,7 @@ def test_khat_is_small_when_q_matches_the_posterior_and_large_when_it_misses(lin
     good = pareto_khat(vae, x[:50], draws=1000)
     assert good.shape == (50,) and np.mean(good < 0.5) > 0.9, good
     with torch.no_grad():  # shift q by two posterior sds and shrink it: a bad proposal
-        head = vae.encoder.head
+        head = vae.family.head
         head.bias[0] += 2 * torch.exp(0.5 * head.bias[1])
         head.bias[1] -= 2.0
     bad = pareto_khat(vae, x[:50], draws=1000)

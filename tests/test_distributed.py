@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from pyro_vae import fit
-from pyro_vae.distributed import Cluster, shard
+from pyro_vae.training.distributed import Cluster, shard
 from tests_options import OPTIONS
 
 HERE = Path(__file__).parent

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config, ConfigError, fit
-from pyro_vae.data import Data, binarize_fixed
-from pyro_vae.evaluate import active_units, evaluate, log_importance_weights
+from pyro_vae.io.data import Data, binarize_fixed
+from pyro_vae.evaluation.evaluate import active_units, evaluate, log_importance_weights
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_memory_is_bounded_by_the_chunk_not_by_k(fmnist_small, monkeypatch):
         seen.append(num_samples)
         return original(vae, xb, num_samples, proposal)
 
-    monkeypatch.setattr("pyro_vae.evaluate.log_importance_weights", spy)
+    monkeypatch.setattr("pyro_vae.evaluation.evaluate.log_importance_weights", spy)
     evaluate(vae, x, iwae_samples=1000, batch_size=10, chunk_size=64, progress=False)
     assert max(seen) == 64 and sum(seen) == 2 * 1000
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_vae import DataError
-from pyro_vae.likelihoods import BernoulliLikelihood, IndependentBernoulli, NormalLikelihood
+from pyro_vae.parts.likelihoods import BernoulliLikelihood, IndependentBernoulli, NormalLikelihood
 
 
 def test_bernoulli_log_prob_is_closed_form():
@@ -44,7 +44,7 @@ def test_bernoulli_without_binarisation_needs_binary_data():
 
 
 def test_continuous_bernoulli_log_prob_is_closed_form():
-    from pyro_vae.likelihoods import ContinuousBernoulliLikelihood
+    from pyro_vae.parts.likelihoods import ContinuousBernoulliLikelihood
 
     logits = torch.randn(3, 7, 1) * 2
     x = torch.rand(3, 7)
@@ -56,7 +56,7 @@ def test_continuous_bernoulli_log_prob_is_closed_form():
 
 
 def test_learned_normal_scale_has_a_floor():
-    from pyro_vae.likelihoods import LearnedNormalLikelihood
+    from pyro_vae.parts.likelihoods import LearnedNormalLikelihood
 
     params = torch.stack([torch.randn(2, 5), torch.full((2, 5), -50.0)], dim=-1)
     d = LearnedNormalLikelihood(min_scale=0.05)(params)
@@ -68,7 +68,7 @@ def test_learned_normal_scale_has_a_floor():
 
 
 def test_laplace_likelihood_is_scaled_l1_error():
-    from pyro_vae.likelihoods import LaplaceLikelihood
+    from pyro_vae.parts.likelihoods import LaplaceLikelihood
 
     mu, x = torch.randn(4, 6, 1), torch.randn(4, 6)
     expected = -(x - mu.squeeze(-1)).abs().sum(-1) / 0.2 - 6 * math.log(2 * 0.2)
@@ -76,7 +76,7 @@ def test_laplace_likelihood_is_scaled_l1_error():
 
 
 def test_categorical_scores_grey_levels_with_a_softmax():
-    from pyro_vae.likelihoods import CategoricalLikelihood
+    from pyro_vae.parts.likelihoods import CategoricalLikelihood
 
     lik = CategoricalLikelihood()
     logits = torch.randn(2, 5, 256)
@@ -92,7 +92,7 @@ def test_categorical_scores_grey_levels_with_a_softmax():
 
 
 def test_categorical_refuses_values_between_grey_levels():
-    from pyro_vae.likelihoods import CategoricalLikelihood
+    from pyro_vae.parts.likelihoods import CategoricalLikelihood
 
     with pytest.raises(DataError, match="256 grey levels"):
         CategoricalLikelihood().check_support(torch.tensor([[0.5, 0.1234]]), "data", None)

@@ -42,7 +42,7 @@ def test_model_scores_observed_x_given_guide_z(small_vae):
 
 
 def test_predictive_draws_from_the_prior_predictive(small_vae):
-    draws = Predictive(small_vae.model, num_samples=3)(None, 5)
+    draws = Predictive(small_vae.model, num_samples=3)(None, num=5)
     assert draws["z"].shape == (3, 5, 4) and draws["x"].shape == (3, 5, 784)
     assert set(draws["x"].unique().tolist()) <= {0.0, 1.0}
     means = small_vae.sample(5, mean=True)

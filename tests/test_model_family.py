@@ -10,12 +10,12 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 from pyro_vae import VAE, Config, ConfigError
-from pyro_vae.config import ARCHS, ELBOS
-from pyro_vae.data import binarize_fixed
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.objectives import build_elbo
-from pyro_vae.priors import PRIORS
+from pyro_vae.registry import NETWORKS as ARCHS, OBJECTIVES as ELBOS
+from pyro_vae.io.data import binarize_fixed
+from pyro_vae.registry import FAMILIES as GUIDES
+from pyro_vae.registry import LIKELIHOODS
+from pyro_vae.parts.objectives import build_elbo
+from pyro_vae.registry import PRIORS
 
 PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3}
 
@@ -26,9 +26,11 @@ def _config(prior, likelihood, guide, elbo, **extra):
     if prior == "flow" or guide == "iaf":
         extra["flows"] = 1
     particles = 1 if guide == "delta" else PARTICLES[elbo]
+    if extra.get("arch") != "linear":  # a linear network has no hidden layers
+        extra["hidden"] = (16,)
     return Config(
         prior=prior, likelihood=likelihood, guide=guide, elbo=elbo, particles=particles,
-        z_dim=2, hidden=(16,), data_shape=(28, 28), **extra,
+        z_dim=2, data_shape=(28, 28), **extra,
     )
 
 

@@ -3,24 +3,25 @@ import pytest
 import torch
 
 from pyro_vae import Config, fit
-from pyro_vae.data import Data
-from pyro_vae.networks import Decoder, build_encoder_body
+from pyro_vae.io.data import Data
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv", "linear"])
 @pytest.mark.parametrize("k", [1, 2, 256])
 def test_decoder_maps_leading_dims_to_likelihood_parameters(arch, k):
-    config = Config(arch=arch, z_dim=4, hidden=(32,), data_shape=(8, 12))
-    out = Decoder(config, params_per_dim=k)(torch.randn(3, 5, 4))
+    config = Config(arch=arch, z_dim=4, data_shape=(8, 12),
+                    **({} if arch == "linear" else {"hidden": (32,)}))
+    network = config.model.arch.build()
+    out = network.decoder(4, (8, 12), k)(torch.randn(3, 5, 4))
     assert out.shape == (3, 5, 96, k)
-    body, features = build_encoder_body(config)
+    body, features = network.encoder((8, 12))
     assert body(torch.rand(5, 96)).shape == (5, features)
 
 
 def test_conv_decoder_keeps_pixels_in_place():
     # Channel c of pixel (i, j) must land at [..., i * W + j, c]: check against the raw network.
     config = Config(arch="conv", z_dim=2, hidden=(16,), data_shape=(8, 12))
-    decoder = Decoder(config, params_per_dim=3)
+    decoder = config.model.arch.build().decoder(2, (8, 12), 3)
     z = torch.randn(1, 2)
     raw = decoder.net[:-1](z)  # (1, 3, 8, 12) before flattening
     out = decoder(z)

@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config
-from pyro_vae.objectives import build_elbo, sampled_kl_sites
-from pyro_vae.train import kl_weight
+from pyro_vae.parts.objectives import build_elbo, sampled_kl_sites
+from pyro_vae.training.plan import kl_weight
 
 
 def tiny(**options):
     pyro.set_rng_seed(0)
-    return VAE.from_config(Config(z_dim=3, hidden=(16,), data_shape=(20,), **options))
+    config = Config(z_dim=3, hidden=(16,), data_shape=(20,), **options)
+    vae = VAE.from_config(config)
+    vae.run = config  # the run's objective, for build_elbo
+    return vae
 
 
 def _log_weights(vae, x, k):
@@ -30,7 +33,7 @@ def test_iwae_objective_is_the_per_image_importance_weighted_bound():
     vae = tiny(elbo="iwae", particles=7)
     x = torch.rand(5, 20).bernoulli()
     pyro.set_rng_seed(1)
-    loss = build_elbo(vae.config).loss(vae.model, vae.guide, x)
+    loss = build_elbo(vae.run).loss(vae.model, vae.guide, x)
     pyro.set_rng_seed(1)
     log_w = _log_weights(vae, x, 7)
     bound = (log_w.logsumexp(0) - math.log(7)).sum()  # Burda et al. 2016, eq. 8, per image
@@ -50,7 +53,7 @@ def test_trace_elbo_averages_vectorised_particles():
     vae = tiny(particles=4)
     x = torch.rand(5, 20).bernoulli()
     pyro.set_rng_seed(2)
-    loss = build_elbo(vae.config).loss(vae.model, vae.guide, x)
+    loss = build_elbo(vae.run).loss(vae.model, vae.guide, x)
     pyro.set_rng_seed(2)
     assert math.isclose(-loss, _log_weights(vae, x, 4).sum(-1).mean().item(), rel_tol=1e-5)
 
@@ -64,20 +67,22 @@ def test_meanfield_uses_analytic_kl_and_names_the_sites_it_cannot():
     heavy = tiny(elbo="meanfield", prior="studentt")
     assert sampled_kl_sites(heavy.model, heavy.guide, x) == ["z (Normal guide, StudentT prior)"]
     # With a closed-form KL the estimator's only noise is the reconstruction term's.
-    losses = [build_elbo(normal.config).loss(normal.model, normal.guide, x) for _ in range(200)]
+    losses = [build_elbo(normal.run).loss(normal.model, normal.guide, x) for _ in range(200)]
     traces = [pyro.infer.Trace_ELBO().loss(normal.model, normal.guide, x) for _ in range(200)]
     assert abs(sum(losses) / 200 - sum(traces) / 200) < 3 * (torch.tensor(traces).std() / 14 + 0.1)
     assert torch.tensor(losses).std() < torch.tensor(traces).std()
 
 
-def test_beta_scales_prior_and_guide_terms_in_training_mode_only():
+def test_kl_weight_argument_scales_prior_and_guide_terms_only_when_given():
+    # The training plan passes the KL weight (β, warm-up) to the model and guide; evaluation
+    # calls them without it.
     vae = tiny(beta=0.25)
     x = torch.rand(5, 20).bernoulli()
-    guide = poutine.trace(vae.guide).get_trace(x)
-    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    weight = torch.tensor(0.25)
+    guide = poutine.trace(vae.guide).get_trace(x, weight)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, weight)
     assert guide.nodes["z"]["scale"] == 0.25 and model.nodes["z"]["scale"] == 0.25
     assert model.nodes["x"]["scale"] == 1.0
-    vae.eval()
     assert poutine.trace(vae.guide).get_trace(x).nodes["z"]["scale"] == 1.0
 
 

@@ -4,7 +4,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE, Config, fit
-from pyro_vae.optim import JointOptim
+from pyro_vae.training.optim import JointOptim
 
 
 def _twins():

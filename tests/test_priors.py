@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config
-from pyro_vae.priors import PRIORS, LaplacePrior, StandardNormalPrior
+from pyro_vae.parts.priors import LaplacePrior, StandardNormalPrior
+from pyro_vae.registry import PRIORS
 
 
 def build(name: str, z_dim: int = 3, **options):
@@ -54,7 +55,7 @@ def test_vamp_prior_is_the_average_posterior_at_the_pseudo_inputs():
     vae = VAE.from_config(
         Config(prior="vamp", prior_components=5, z_dim=3, hidden=(8,), data_shape=(5,))
     )
-    loc, scale = vae.encoder.encode(vae.prior.pseudo_inputs)
+    loc, scale = vae.encode(vae.prior.pseudo_inputs)
     z = torch.randn(4, 3)
     log_q = torch.distributions.Normal(loc, scale).log_prob(z[:, None, :]).sum(-1)  # 4 x 5
     expected = log_q.logsumexp(-1) - math.log(5)

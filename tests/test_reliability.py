@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config, TrainingError, fit, load
-from pyro_vae.checkpoint import load_training_state
-from pyro_vae.optim import JointOptim
+from pyro_vae.io.checkpoint import load_training_state
+from pyro_vae.training.optim import JointOptim
 from conftest import snapshot
 
 SMALL = dict(hidden=(32,), z_dim=4, batch_size=100, progress=False)
@@ -77,7 +77,7 @@ def test_the_first_nan_stops_training_and_says_how_to_skip(fmnist_small, monkeyp
 
 def test_checkpoint_every_saves_mid_epoch_states_that_resume_exactly(fmnist_npz, tmp_path,
                                                                      monkeypatch):
-    import pyro_vae.checkpoint as checkpoint
+    import pyro_vae.io.checkpoint as checkpoint
 
     saved, real_save = [], checkpoint.save_training_state
 
@@ -108,7 +108,7 @@ def test_checkpoint_every_saves_mid_epoch_states_that_resume_exactly(fmnist_npz,
 
 def test_a_periodic_checkpoint_in_the_first_epoch_makes_the_run_resumable(fmnist_npz, tmp_path,
                                                                           monkeypatch):
-    import pyro_vae.checkpoint as checkpoint
+    import pyro_vae.io.checkpoint as checkpoint
 
     real_save = checkpoint.save_training_state
 

@@ -5,8 +5,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_vae import VAE, Config, fit
-from pyro_vae.data import binarize, binarize_fixed
-from pyro_vae.train import neg_elbo
+from pyro_vae.io.data import binarize, binarize_fixed
+from pyro_vae.training.plan import neg_elbo
 
 
 def test_svi_moves_every_parameter_on_real_data(fmnist_small):
@@ -73,7 +73,7 @@ def test_foundation_figures_full_fashion_mnist_10_epochs(fashion_mnist):
     assert metrics[-1]["test_neg_elbo"] <= 244.0, metrics[-1]
     # Issue 4 acceptance: importance-sampled NLL with K = 1000 (first 2000 test images, the
     # reference's protocol) at most 241 nats (plain PyTorch: 239.2) and below the −ELBO.
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae.evaluation.evaluate import evaluate
 
     pyro.set_rng_seed(0)
     figures = evaluate(vae, binarize_fixed(fashion_mnist.test[:2000]), iwae_samples=1000,
@@ -95,8 +95,8 @@ def test_a_signal_mid_epoch_saves_a_state_that_resumes_exactly(fmnist_npz, tmp_p
     import signal
 
     from pyro_vae import TrainingInterrupted, load
-    from pyro_vae.checkpoint import load_training_state
-    from pyro_vae.optim import JointOptim
+    from pyro_vae.io.checkpoint import load_training_state
+    from pyro_vae.training.optim import JointOptim
 
     options = dict(dataset=str(fmnist_npz), hidden=(32,), z_dim=4, batch_size=100,
                    progress=False)

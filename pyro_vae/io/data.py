@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .errors import DataError
+from ..config import Config
+from ..errors import DataError
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 DEBIAN_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -145,13 +145,11 @@ def check_data(data: Data, config: Config) -> None:
 def check_values(x: torch.Tensor, what: str, config: Config) -> None:
     """Raise :class:`DataError` if ``x`` (N, D) is empty, non-finite, or outside the support
     of the likelihood ``config`` names."""
-    from .likelihoods import build_likelihood
-
     if x.shape[0] == 0:
         raise DataError(f"{what} are empty; give at least one image")
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{what} contain NaN or infinite values; remove or impute them first")
-    build_likelihood(config).check_support(x, what, config.binarization)
+    config.model.likelihood.build().check_support(x, what, config.binarization)
 
 
 def load_eval_data(

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import FORMAT, FORMAT_VERSION, Config
-from .errors import CheckpointError, RunDirError
-from .model import VAE
+from ..config import FORMAT, FORMAT_VERSION, Config, DataConfig, TrainConfig
+from ..errors import CheckpointError, ConfigError, RunDirError
+from ..model import VAE
+from .files import atomic_write_bytes
+
+#: Format 1 kept the encoder network and the family's layers inside one guide module.
+_V1_KEYS = (("encoder.body.", "encoder."), ("encoder.head.", "family.head."),
+            ("encoder.flows.", "family.flows."))
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,39 +46,6 @@ RUN_FILES = (
     "reconstructions.png",
     CONFIG_FILE,
 )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file
-    is renamed over ``path``.
-
-    Raises
-    ------
-    CheckpointError
-        If the disk is full or the folder unwritable; ``path`` is left as it was and the
-        temporary file is removed.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # Mode 0o666 lets the umask decide permissions, as for any other file the user writes.
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write {path} ({err.strerror or err}); its previous version is intact; "
-            "free some disk space or choose a writable folder"
-        ) from None
 
 
 def check_free_space(run_dir: str | os.PathLike, vae: VAE) -> None:
@@ -99,21 +70,33 @@ def check_free_space(run_dir: str | os.PathLike, vae: VAE) -> None:
         )
 
 
-def save(vae: VAE, run_dir: str | os.PathLike) -> None:
+def save(vae: VAE, run_dir: str | os.PathLike, config: Config | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` of ``vae`` into ``run_dir``.
+
+    ``config`` is the run's configuration; by default the model's own description with
+    default data and training sections. A user-built model is saved as its weights, its z_dim,
+    data shape and likelihood: no code is stored, and :func:`load` puts the weights back into a
+    model the user builds again.
 
     Raises
     ------
     CheckpointError
-        If ``vae`` was not built from a :class:`Config` (``vae.config`` is None).
+        If a file cannot be written.
+    ConfigError
+        If a user-built model's likelihood is not a registered part.
     """
-    if vae.config is None:
-        raise CheckpointError("this VAE has no config; build it with VAE.from_config to save it")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(vae.config, run_dir)
+    write_config(config or Config.of(vae.describe(), DataConfig(), TrainConfig()), run_dir)
+    save_weights(vae, run_dir)
+
+
+def save_weights(vae: VAE, run_dir: str | os.PathLike) -> None:
+    """Write ``run_dir/model.safetensors``, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
-    atomic_write_bytes(run_dir / WEIGHTS_FILE, save_safetensors(state, metadata={"format": FORMAT}))
+    atomic_write_bytes(Path(run_dir) / WEIGHTS_FILE,
+                       save_safetensors(state, metadata={"format": FORMAT,
+                                                         "format_version": str(FORMAT_VERSION)}))
 
 
 def write_config(config: Config, run_dir: str | os.PathLike) -> None:
@@ -128,8 +111,9 @@ def write_config(config: Config, run_dir: str | os.PathLike) -> None:
     atomic_write_bytes(Path(run_dir) / CONFIG_FILE, text.encode())
 
 
-def read_config(run_dir: str | os.PathLike) -> Config:
-    """The :class:`Config` stored in ``run_dir/config.json``.
+def read_config(run_dir: str | os.PathLike, model_only: bool = False) -> Config:
+    """The :class:`Config` stored in ``run_dir/config.json`` (any format version); with
+    ``model_only`` its training section is not validated (see :meth:`Config.from_dict`).
 
     Raises
     ------
@@ -145,6 +129,10 @@ def read_config(run_dir: str | os.PathLike) -> Config:
         )
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; give the --out of a 'fit' run")
+    return Config.from_dict(_read_payload(run_dir), model_only=model_only)
+
+
+def _read_payload(run_dir: Path) -> dict:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(
@@ -152,14 +140,41 @@ def read_config(run_dir: str | os.PathLike) -> Config:
             "give the --out folder of a finished 'pyro-vae fit'"
         )
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file is damaged") from None
-    return Config.from_dict(payload)
 
 
-def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
-    """Rebuild the trained VAE saved in ``run_dir``, in evaluation mode on ``device``.
+def upgrade_weights(state: dict, version: int) -> dict:
+    """Weights of a run written in format ``version``, under this version's names."""
+    if version != 1:
+        return state
+    renamed = {}
+    for key, value in state.items():
+        for old, new in _V1_KEYS:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+         model: VAE | None = None) -> VAE:
+    """Rebuild the trained VAE saved in ``run_dir``, in evaluation mode on ``device``: the
+    model of :func:`load_run`. See there for ``model`` and the errors raised."""
+    return load_run(run_dir, device, model)[0]
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             model: VAE | None = None) -> tuple[VAE, Config]:
+    """The trained VAE saved in ``run_dir``, in evaluation mode on ``device``, and the run's
+    :class:`Config`.
+
+    Only the model's section of ``config.json`` is validated, so a run loads wherever its
+    model can be built. With ``model``, a VAE the user built (their own networks and prior),
+    the weights are loaded into it instead: nothing in a run directory is code, and nothing is
+    unpickled.
 
     Raises
     ------
@@ -167,36 +182,57 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
         If ``run_dir`` is missing or not a pyro_vae run directory.
     CheckpointError
         If ``config.json`` is incompatible, or ``model.safetensors`` is missing, truncated,
-        corrupted, or does not match the config.
+        corrupted, or does not match the config (or ``model``); if the run holds a user-built
+        model and no ``model`` is given.
     """
-    config = read_config(run_dir)
-    path = Path(run_dir) / WEIGHTS_FILE
+    run_dir = Path(run_dir)
+    config = read_config(run_dir, model_only=True)
+    path = run_dir / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{path} is missing; the run did not finish an epoch, train it again"
         )
     try:
-        state = load_safetensors(path.read_bytes())
+        data = path.read_bytes()
+        state = load_safetensors(data)
+        # Files of format 1 carry no version; their layers are renamed on loading.
+        version = int(_metadata(data).get("format_version", "1"))
     except (SafetensorError, ValueError, OSError) as err:
         raise CheckpointError(
             f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); "
             "retrain or restore the file"
         ) from None
+    vae = model if model is not None else build_model(config)
+    restore_weights(vae, upgrade_weights(state, version), path)
+    if vae.data_shape is None:
+        vae.data_shape = config.model.data_shape
+    return vae.to(device).eval(), config
+
+
+def build_model(config: Config) -> VAE:
+    """:meth:`VAE.from_config`, with the errors of a damaged or user-built run as
+    :class:`CheckpointError`."""
     try:
-        vae = VAE.from_config(config)
+        return VAE.from_config(config)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     except (RuntimeError, MemoryError):  # e.g. an edited data_shape too large to allocate
         raise CheckpointError(
             f"the model described by {CONFIG_FILE} cannot be built in memory; the file was "
             "edited or damaged, restore it"
         ) from None
+
+
+def restore_weights(vae: VAE, state: dict, source) -> None:
+    """``vae.load_state_dict(state, strict=True)``, or :class:`CheckpointError` naming
+    ``source``."""
     try:
         vae.load_state_dict(state, strict=True)
     except RuntimeError:
         raise CheckpointError(
-            f"{path} does not match {CONFIG_FILE} (different tensors or shapes); "
-            "keep the two files of one run together"
+            f"{source} does not match {CONFIG_FILE} or the model given (different tensors or "
+            "shapes); keep the two files of one run together"
         ) from None
-    return vae.to(device).eval()
 
 
 def is_run_dir(run_dir: str | os.PathLike) -> bool:
@@ -355,10 +391,9 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
     try:
         data = path.read_bytes()
         tensors = load_safetensors(data)
-        # The metadata of the same bytes (safetensors: 8-byte header length, JSON header).
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = header.get("__metadata__") or {}
-        if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
+        meta = _metadata(data)
+        version = meta.get("format_version")
+        if meta.get("format") != FORMAT or version not in ("1", str(FORMAT_VERSION)):
             raise ValueError("not a training state of this pyro_vae version")
         state: dict = {}
         for key, value in tensors.items():
@@ -366,7 +401,8 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
                 _, index, name = key.split(".", 2)
                 state.setdefault(int(index), {})[name] = value
         return {
-            "model": {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+            "model": upgrade_weights({k[6:]: v for k, v in tensors.items()
+                                      if k.startswith("model.")}, int(version)),
             "optimizer": {"state": state, "param_groups": json.loads(meta["param_groups"])},
             "progress": _checked_progress(json.loads(meta["progress"])),
             "rng": _get_rng(tensors, meta, "rng"),
@@ -378,6 +414,12 @@ def load_training_state(run_dir: str | os.PathLike) -> dict:
             f"{path} is truncated or corrupted ({str(err).splitlines()[0]}); the run cannot be "
             "resumed, start a new one"
         ) from None
+
+
+def _metadata(data: bytes) -> dict:
+    """The metadata of a safetensors file's bytes (an 8-byte header length, a JSON header)."""
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return header.get("__metadata__") or {}
 
 
 def _checked_progress(progress: dict) -> dict:

@@ -14,6 +14,7 @@ chunk, not on K.
 from __future__ import annotations
 
 import math
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -22,10 +23,11 @@ import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, DataError
-from .guides import DeltaGuide, GaussianGuide
-from .model import VAE
-from .priors import FlatPrior
+from ..errors import ConfigError, DataError
+from ..devices import resolve_device
+from ..io.checkpoint import load_run
+from ..io.data import load_eval_data
+from ..model import VAE
 
 #: Unit u is active when Cov_x(E_q[z_u|x]) exceeds this (Burda et al. 2016, §5.2).
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -42,7 +44,7 @@ def gaussian_proposal(vae: VAE, scale: float):
 
     def proposal(x: torch.Tensor, num: int | None = None) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
-            code = vae.encoder.encode(x)[0]
+            code = vae.encode(x)[0]
             return pyro.sample("z", dist.Normal(code, scale).to_event(1))
 
     return proposal
@@ -80,9 +82,10 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
     return log_lik + log_prior - log_q, log_lik, z
 
 
-def default_chunk(vae: VAE, batch: int) -> int:
-    """Samples per chunk so that one chunk of likelihood parameters fits :data:`_CHUNK_ELEMENTS`."""
-    per_sample = batch * vae.config.input_dim * vae.likelihood.params_per_dim
+def default_chunk(vae: VAE, batch: int, input_dim: int) -> int:
+    """Samples per chunk so that one chunk of likelihood parameters (batch, D, k) fits
+    :data:`_CHUNK_ELEMENTS`."""
+    per_sample = batch * input_dim * vae.likelihood.params_per_dim
     return max(1, _CHUNK_ELEMENTS // per_sample)
 
 
@@ -127,13 +130,46 @@ def evaluate(
         or a flat prior (p(x) is not defined).
     DataError
         For non-finite data or values the likelihood cannot score (a binarising Bernoulli model
-        needs the binary draw, as :func:`pyro_vae.data.load_eval_data` returns it).
+        needs the binary draw, as :func:`pyro_vae.io.data.load_eval_data` returns it).
     """
-    delta = isinstance(vae.encoder, DeltaGuide)
-    if isinstance(vae.prior, FlatPrior):
+    delta = _check_evaluable(vae, x, proposal_scale)
+    vae.eval()
+    proposal = gaussian_proposal(vae, proposal_scale) if delta else None
+    chunk = chunk_size or default_chunk(vae, batch_size, x.shape[-1])
+    kl_dims = _KLPerDim(vae)
+    log_px, sums, means = [], {"neg_elbo": 0.0, "reconstruction": 0.0}, []
+    batches = tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
+                   disable=None if progress else True, leave=False)
+    for start in batches:
+        xb = x[start : start + batch_size]
+        log_p, mean = _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, sums, kl_dims)
+        log_px.append(log_p)
+        means.append(mean)
+    nll = -torch.cat(log_px)
+    n_img, n_draws = x.shape[0], x.shape[0] * iwae_samples
+    d = x.shape[-1]
+    return {
+        "neg_elbo": sums["neg_elbo"] / n_draws,
+        "nll": float(nll.mean()),
+        "nll_stderr": float(nll.std() / math.sqrt(n_img)) if n_img > 1 else float("nan"),
+        "bits_per_dim": float(nll.mean()) / (d * math.log(2)) if vae.likelihood.discrete else None,
+        "reconstruction": sums["reconstruction"] / n_draws,
+        "kl": (sums["neg_elbo"] - sums["reconstruction"]) / n_draws,
+        "active_units": active_units(torch.cat(means)),
+        "kl_per_dim": kl_dims.result(),
+        "iwae_samples": iwae_samples,
+        "num_images": n_img,
+        "nll_per_image": nll.cpu(),
+    }
+
+
+def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) -> bool:
+    """Refuse what :func:`evaluate` cannot score; returns whether a proposal is needed."""
+    delta = not vae.family.has_density
+    if not vae.prior.proper:
         raise ConfigError(
-            "p(x) is not defined under the flat prior (--prior none), so there is no "
-            "log-likelihood to estimate; evaluate a model with a proper prior"
+            f"p(x) is not defined under the flat prior (--prior {vae.prior.name}), so there is "
+            "no log-likelihood to estimate; evaluate a model with a proper prior"
         )
     if delta and proposal_scale is None:
         raise ConfigError(
@@ -142,54 +178,33 @@ def evaluate(
         )
     if not delta and proposal_scale is not None:
         raise ConfigError("--proposal-scale is for point-mass guides (--guide delta) only")
-    vae.eval()
     # The data are checked once here, so Pyro's checks of every chunk's values can be skipped.
-    binary = vae.config is not None and vae.config.binarization is not None
     what = "the data to evaluate"
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{what} contain NaN or infinite values; remove or impute them first")
-    vae.likelihood.check_support(x, what, "none" if binary else None)
-    proposal = gaussian_proposal(vae, proposal_scale) if delta else None
-    chunk = chunk_size or default_chunk(vae, batch_size)
-    kl_dims = _KLPerDim(vae)
-    log_px, neg_elbo, rec, means = [], 0.0, 0.0, []
-    batches = tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
-                   disable=None if progress else True, leave=False)
-    for start in batches:
-        xb = x[start : start + batch_size]
-        running = torch.full((xb.shape[0],), -math.inf, device=x.device)
-        # E_q[z|x]: the location for Gaussian and point-mass guides, a sample mean for flows.
-        exact = type(vae.encoder) in (GaussianGuide, DeltaGuide)
-        sum_z = torch.zeros(xb.shape[0], vae.z_dim, device=x.device)
-        for k in range(0, iwae_samples, chunk):
-            n = min(chunk, iwae_samples - k)
-            with pyro.validation_enabled(False):
-                log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal)
-            running = torch.logaddexp(running, log_w.logsumexp(0))
-            neg_elbo -= float(log_w.sum())
-            rec -= float(log_lik.sum())
-            if not exact:
-                sum_z += z.sum(0)
-            kl_dims.add(xb, z)
-        log_px.append(running - math.log(iwae_samples))
-        means.append(vae.encode(xb)[0] if exact else sum_z / iwae_samples)
-    nll = -torch.cat(log_px)
-    n_img, n_draws = x.shape[0], x.shape[0] * iwae_samples
-    mean_codes = torch.cat(means)
-    d = vae.config.input_dim
-    return {
-        "neg_elbo": neg_elbo / n_draws,
-        "nll": float(nll.mean()),
-        "nll_stderr": float(nll.std() / math.sqrt(n_img)) if n_img > 1 else float("nan"),
-        "bits_per_dim": float(nll.mean()) / (d * math.log(2)) if vae.likelihood.discrete else None,
-        "reconstruction": rec / n_draws,
-        "kl": (neg_elbo - rec) / n_draws,
-        "active_units": active_units(mean_codes),
-        "kl_per_dim": kl_dims.result(),
-        "iwae_samples": iwae_samples,
-        "num_images": n_img,
-        "nll_per_image": nll.cpu(),
-    }
+    vae.likelihood.check_support(x, what, "none" if vae.likelihood.binary else None)
+    return delta
+
+
+def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, sums, kl_dims):
+    """log p(x) (B,) of one batch by a running log-sum-exp over chunks of samples, and E_q[z|x]
+    (B, z_dim): the location for Gaussian and point-mass guides, a sample mean for flows.
+    Adds the batch's −log w and −log p(x|z) to ``sums``."""
+    running = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+    exact = vae.family.exact_mean
+    sum_z = torch.zeros(xb.shape[0], vae.z_dim, device=xb.device)
+    for k in range(0, iwae_samples, chunk):
+        n = min(chunk, iwae_samples - k)
+        with pyro.validation_enabled(False):
+            log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal)
+        running = torch.logaddexp(running, log_w.logsumexp(0))
+        sums["neg_elbo"] -= float(log_w.sum())
+        sums["reconstruction"] -= float(log_lik.sum())
+        if not exact:
+            sum_z += z.sum(0)
+        kl_dims.add(xb, z)
+    mean = vae.encode(xb)[0] if exact else sum_z / iwae_samples
+    return running - math.log(iwae_samples), mean
 
 
 def active_units(mean_codes: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -214,7 +229,7 @@ class _KLPerDim:
         self.vae = vae
         prior = vae.prior()
         factorised = isinstance(prior, dist.Independent) and prior.base_dist.event_shape == ()
-        gaussian = type(vae.encoder) is GaussianGuide
+        gaussian = vae.family.gaussian
         self.units = prior.base_dist if factorised and gaussian else None
         self.total = torch.zeros(vae.z_dim, device=next(vae.buffers()).device)
         self.count = 0
@@ -245,3 +260,76 @@ class _KLPerDim:
         if self.units is None or self.count == 0:
             return None
         return (self.total / self.count).tolist()
+
+
+def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
+                 iwae_samples: int = 1000, batch_size: int = 100,
+                 proposal_scale: float | None = None, seed: int = 0, device: str = "auto",
+                 progress: bool = True, model: VAE | None = None) -> dict:
+    """:func:`evaluate` of the run in ``run_dir`` on its test set (or ``dataset``), as
+    ``pyro-vae evaluate`` reports it: the figures plus ``dataset`` (a description) and
+    ``seconds``, without the per-image values.
+
+    ``model`` is the VAE of a user-built run, built again (see :func:`pyro_vae.load`).
+
+    Raises
+    ------
+    RunDirError, CheckpointError, DataError, ConfigError
+        As :func:`pyro_vae.load`, :func:`pyro_vae.io.data.load_eval_data` and
+        :func:`evaluate`.
+    """
+
+    device = resolve_device(device)
+    vae, config = load_run(run_dir, device, model)
+    x, _, source = load_eval_data(config, dataset, limit)
+    pyro.set_rng_seed(seed)
+    started = time.perf_counter()
+    result = evaluate(vae, x.to(device), iwae_samples=iwae_samples, batch_size=batch_size,
+                      proposal_scale=proposal_scale, progress=progress)
+    result.pop("nll_per_image")
+    result["dataset"] = source
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["z_dim"] = vae.z_dim
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The figures of :func:`evaluate_run` as aligned lines of text, in nats per image."""
+    bits, kl = result["bits_per_dim"], result["kl_per_dim"]
+    return [
+        f"images            {result['num_images']} ({result['dataset']})",
+        f"-ELBO             {result['neg_elbo']:.2f} nats/image "
+        f"(reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
+        f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/image "
+        f"(importance sampled, K = {result['iwae_samples']})",
+        f"bits/dim          {bits:.4f}" if bits is not None else
+        "bits/dim          - (continuous likelihood: a density, not bits)",
+        f"active units      {result['active_units']} of {result['z_dim']} "
+        f"(Cov_x E[z_u|x] > 0.01)",
+        "KL per dim        " + (" ".join(f"{v:.2f}" for v in kl) if kl is not None else
+                                "- (needs a Gaussian guide and a factorised prior)"),
+    ]
+
+
+def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "auto",
+               model: VAE | None = None) -> tuple[dict, str]:
+    """Posterior locations and scales of q(z|x) for the images of ``dataset``, binarised as
+    the run's test set was.
+
+    Returns ``({"loc": (N, z_dim), "scale": (N, z_dim)[, "labels": (N,)]}, source)`` as
+    NumPy arrays and a description of the data.
+
+    Raises
+    ------
+    RunDirError, CheckpointError, DataError
+        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.load_eval_data`.
+    """
+
+    device = resolve_device(device)
+    vae, config = load_run(run_dir, device, model)
+    x, labels, source = load_eval_data(config, dataset, limit)
+    loc, scale = zip(*(vae.encode(xb.to(device)) for xb in x.split(1000)))
+    codes = {"loc": torch.cat(loc).cpu().numpy(), "scale": torch.cat(scale).cpu().numpy()}
+    if labels is not None:
+        codes["labels"] = labels.numpy()
+    return codes, source

@@ -4,8 +4,10 @@ A :class:`Likelihood` turns the decoder output of shape ``(batch, D, params_per_
 distribution with ``event_shape == (D,)``, and checks before training that the data lie in its
 support, so that bad data give a clear error instead of a NaN. Data tensors hold grey levels in
 [0, 1]; a likelihood over other units (the categorical one over levels 0–255) converts with
-:meth:`Likelihood.to_obs` and :meth:`Likelihood.to_data`. Adding a likelihood means adding a
-subclass here and an entry in :data:`LIKELIHOODS`.
+:meth:`Likelihood.to_obs` and :meth:`Likelihood.to_data`. A likelihood is registered with
+:func:`~pyro_vae.registry.register_likelihood`; its options are
+:class:`~pyro_vae.registry.Option` class attributes, its capabilities (``discrete``, ``binary``,
+``params_per_dim``) plain class attributes.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions.utils import broadcast_all
 
-from .config import Config
-from .errors import DataError
+from ..errors import DataError
+from ..registry import Option, Part, positive, register_likelihood
 
 
-class Likelihood(nn.Module):
+class Likelihood(Part, nn.Module):
     """Base class of observation models.
 
     Attributes
@@ -32,10 +34,8 @@ class Likelihood(nn.Module):
     params_per_dim: int = 1
     #: Whether p(x|z) is a probability mass function, so that −log p(x) converts to bits/dim.
     discrete: bool = False
-
-    @classmethod
-    def from_config(cls, config: Config) -> "Likelihood":
-        return cls()
+    #: Whether it scores binary data, so that grey levels are binarised first (``--binarize``).
+    binary: bool = False
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover
         """Distribution of x given decoder output ``params`` of shape (batch, D, params_per_dim)."""
@@ -87,6 +87,7 @@ class IndependentBernoulli(dist.Independent):
                                     validate_args=self.__dict__.get("_validate_args"))
 
 
+@register_likelihood("bernoulli")
 class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(σ(f_d(z))) for binary data.
 
@@ -96,7 +97,10 @@ class BernoulliLikelihood(Likelihood):
     be 0/1.
     """
 
+    summary = 'binary data'
+
     discrete = True
+    binary = True
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return IndependentBernoulli(params.squeeze(-1))
@@ -116,19 +120,18 @@ class _FixedScaleLikelihood(Likelihood):
     """x_d ~ family(f_d(z), c) with one fixed scale c > 0 for every dimension."""
 
     family: type[dist.TorchDistribution]
+    scale = Option(float, 0.1, "Fixed scale c of the normal (N(f(z), c²I)) and laplace "
+                   "likelihoods, in data units.", positive, flag="obs-scale")
 
     def __init__(self, scale: float = 0.1):
         super().__init__()
         self.scale = float(scale)
 
-    @classmethod
-    def from_config(cls, config: Config) -> "_FixedScaleLikelihood":
-        return cls(config.setting("obs_scale"))
-
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return self.family(params.squeeze(-1), self.scale).to_event(1)
 
 
+@register_likelihood("normal")
 class NormalLikelihood(_FixedScaleLikelihood):
     """x ~ N(f(z), c² I) with a fixed scale c, for real-valued data.
 
@@ -141,9 +144,12 @@ class NormalLikelihood(_FixedScaleLikelihood):
         c > 0, in the units of the data.
     """
 
+    summary = 'fixed scale'
+
     family = dist.Normal
 
 
+@register_likelihood("continuous-bernoulli")
 class ContinuousBernoulliLikelihood(Likelihood):
     """x_d ~ ContinuousBernoulli(λ_d = σ(f_d(z))) on [0, 1]: the properly normalised density
     for grey levels that the Bernoulli likelihood only approximates.
@@ -152,6 +158,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
     (Loaiza-Ganem & Cunningham 2019, eq. 7). Densities can be positive, so −log p can be < 0.
     """
 
+    summary = 'grey levels in [0, 1]'
+
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=params.squeeze(-1)).to_event(1)
 
@@ -159,6 +167,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
         _check_unit_interval(x, what, "continuous-bernoulli")
 
 
+@register_likelihood("normal-learned")
 class LearnedNormalLikelihood(Likelihood):
     """x ~ N(μ_θ(z), diag σ²_θ(z)): the decoder outputs a scale per dimension too.
 
@@ -172,15 +181,15 @@ class LearnedNormalLikelihood(Likelihood):
         s_min > 0.
     """
 
+    summary = 'learned scale per dimension'
+
     params_per_dim = 2
+    min_scale = Option(float, 0.01, "Floor of the learned scale of normal-learned, against "
+                       "collapse.", positive, flag="min-obs-scale")
 
     def __init__(self, min_scale: float = 0.01):
         super().__init__()
         self.min_scale = float(min_scale)
-
-    @classmethod
-    def from_config(cls, config: Config) -> "LearnedNormalLikelihood":
-        return cls(config.setting("min_obs_scale"))
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = params.unbind(-1)
@@ -188,6 +197,7 @@ class LearnedNormalLikelihood(Likelihood):
         return dist.Normal(loc, scale).to_event(1)
 
 
+@register_likelihood("laplace")
 class LaplaceLikelihood(_FixedScaleLikelihood):
     """x ~ Laplace(f(z), c) per dimension: an L1 reconstruction error in nats.
 
@@ -199,9 +209,12 @@ class LaplaceLikelihood(_FixedScaleLikelihood):
         c > 0, in the units of the data.
     """
 
+    summary = 'L1 error'
+
     family = dist.Laplace
 
 
+@register_likelihood("categorical")
 class CategoricalLikelihood(Likelihood):
     """x_d ∈ {0, …, 255} ~ Categorical(softmax(f_d(z))): a free distribution over the 256 grey
     levels of each pixel (the softmax output unit for discrete values, Goodfellow, Bengio &
@@ -210,6 +223,8 @@ class CategoricalLikelihood(Likelihood):
     Data in [0, 1] are scored as levels round(255·x); −log p(x) converts to bits per dimension
     as −log p(x) / (D ln 2).
     """
+
+    summary = '256 grey levels'
 
     params_per_dim = 256
     discrete = True
@@ -243,19 +258,3 @@ def _check_unit_interval(x: torch.Tensor, what: str, name: str) -> None:
             f"{what} has values in [{lo:g}, {hi:g}] but the {name} likelihood needs grey "
             "levels in [0, 1] (or uint8 0-255); rescale the data or use --likelihood normal"
         )
-
-
-#: Registry of likelihoods by the name used in ``--likelihood`` and ``config.json``.
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": BernoulliLikelihood,
-    "continuous-bernoulli": ContinuousBernoulliLikelihood,
-    "normal": NormalLikelihood,
-    "normal-learned": LearnedNormalLikelihood,
-    "laplace": LaplaceLikelihood,
-    "categorical": CategoricalLikelihood,
-}
-
-
-def build_likelihood(config: Config) -> Likelihood:
-    """The likelihood named by ``config.likelihood``."""
-    return LIKELIHOODS[config.likelihood].from_config(config)

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -29,13 +30,14 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
-from .checkpoint import atomic_write_bytes
-from .errors import ConfigError
-from .plots import save_figure
+from ..errors import ConfigError
+from ..io.files import atomic_write_bytes, staged_folder
+from ..devices import resolve_device
+from ..io.checkpoint import load_run
+from ..io.data import load_eval_data
+from ..model import VAE
+from ..plots import save_figure
 from .evaluate import log_importance_weights
-from .guides import DeltaGuide
-from .model import VAE
-from .priors import FlatPrior
 
 with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import; we pin < 1.0
     warnings.simplefilter("ignore", FutureWarning)
@@ -47,12 +49,12 @@ KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 
 def check_diagnosable(vae: VAE) -> None:
     """Raise :class:`ConfigError` for models whose posterior these checks cannot address."""
-    if isinstance(vae.encoder, DeltaGuide):
+    if not vae.family.has_density:
         raise ConfigError(
             "a point-mass guide (--guide delta) has no density, so neither Pareto k̂ nor a "
             "comparison of spreads with NUTS is defined; diagnose a model with a stochastic guide"
         )
-    if isinstance(vae.prior, FlatPrior):
+    if not vae.prior.proper:
         raise ConfigError(
             "under the flat prior (--prior none) p(z|x) need not be a proper distribution; "
             "diagnose a model with a proper prior"
@@ -146,7 +148,7 @@ def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250) 
 def guide_draws(vae: VAE, x: torch.Tensor, draws: int = 1000) -> torch.Tensor:
     """``draws`` samples of z ~ q(z|x) for each image of ``x`` (N, D): (draws, N, z_dim)."""
     vae.eval()
-    return _batched(lambda xb: vae.encoder(xb).sample((draws,)), x, dim=1)
+    return _batched(lambda xb: vae.posterior(xb).sample((draws,)), x, dim=1)
 
 
 def nuts_reference(
@@ -175,7 +177,7 @@ def nuts_reference(
     vae.eval()
     with torch.no_grad():
         centre = vae.encode(x)[0]
-        start = {"z": centre + 2.0 * (vae.encoder(x).sample((chains,)) - centre)}
+        start = {"z": centre + 2.0 * (vae.posterior(x).sample((chains,)) - centre)}
     kernel = NUTS(vae.model, jit_compile=True, ignore_jit_warnings=True)
     with warnings.catch_warnings():  # on few cores Pyro runs the chains one after another
         warnings.filterwarnings("ignore", message="num_chains=")
@@ -346,30 +348,8 @@ def diagnose(
     }
     rows = None
     if nuts_images > 0:
-        xs = x[:nuts_images]
-        nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress)
-        _save_netcdf(nuts, out / "nuts.nc")
-        table = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
-        buffer = io.StringIO()
-        table.to_csv(buffer)
-        atomic_write_bytes(out / "nuts_summary.csv", buffer.getvalue().encode())
-        q_draws = guide_draws(vae, xs).cpu().numpy()  # (1000, M, z_dim)
-        rows = compare_with_nuts(nuts, table, q_draws.mean(0), q_draws.std(0))
-        header = list(rows[0])
-        lines = [",".join(header)] + [",".join(f"{r[h]:.6g}" for h in header) for r in rows]
-        atomic_write_bytes(out / "guide_vs_nuts.csv", ("\n".join(lines) + "\n").encode())
-        for i in range(xs.shape[0]):
-            save_pair_plot(nuts, q_draws[:, i], i, out / f"pairs_image{i}.png")
-        summary.update({
-            "nuts_images": int(xs.shape[0]),
-            "nuts_chains": chains,
-            "nuts_draws_per_chain": nuts_samples,
-            "nuts_max_r_hat": float(np.max([r["r_hat"] for r in rows])),
-            "nuts_min_ess_bulk": min(r["ess_bulk"] for r in rows),
-            "nuts_divergences": int(nuts.sample_stats["diverging"].sum()),
-            "mean_abs_std_diff": float(np.mean([abs(r["std_diff"]) for r in rows])),
-            "median_sd_ratio": float(np.median([r["sd_ratio"] for r in rows])),
-        })
+        rows = _nuts_comparison(vae, x[:nuts_images], out, chains, warmup, nuts_samples,
+                                progress, summary)
     trusted, reasons = verdict(khat, rows)
     summary.update({"trusted": trusted, "verdict": reasons})
     finite = {k: v if not isinstance(v, float) or np.isfinite(v) else None
@@ -377,6 +357,36 @@ def diagnose(
     atomic_write_bytes(out / "diagnostics.json", (json.dumps(finite, indent=2) + "\n").encode())
     atomic_write_bytes(out / "report.md", _report(vae, source, summary, rows).encode())
     return summary
+
+
+def _nuts_comparison(vae: VAE, xs: torch.Tensor, out: Path, chains: int, warmup: int,
+                     nuts_samples: int, progress: bool, summary: dict) -> list[dict]:
+    """The NUTS reference for the images ``xs``, its files, and the guide beside it; adds the
+    comparison's figures to ``summary`` and returns its rows."""
+    nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress)
+    _save_netcdf(nuts, out / "nuts.nc")
+    table = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
+    buffer = io.StringIO()
+    table.to_csv(buffer)
+    atomic_write_bytes(out / "nuts_summary.csv", buffer.getvalue().encode())
+    q_draws = guide_draws(vae, xs).cpu().numpy()  # (1000, M, z_dim)
+    rows = compare_with_nuts(nuts, table, q_draws.mean(0), q_draws.std(0))
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(f"{r[h]:.6g}" for h in header) for r in rows]
+    atomic_write_bytes(out / "guide_vs_nuts.csv", ("\n".join(lines) + "\n").encode())
+    for i in range(xs.shape[0]):
+        save_pair_plot(nuts, q_draws[:, i], i, out / f"pairs_image{i}.png")
+    summary.update({
+        "nuts_images": int(xs.shape[0]),
+        "nuts_chains": chains,
+        "nuts_draws_per_chain": nuts_samples,
+        "nuts_max_r_hat": float(np.max([r["r_hat"] for r in rows])),
+        "nuts_min_ess_bulk": min(r["ess_bulk"] for r in rows),
+        "nuts_divergences": int(nuts.sample_stats["diverging"].sum()),
+        "mean_abs_std_diff": float(np.mean([abs(r["std_diff"]) for r in rows])),
+        "median_sd_ratio": float(np.median([r["sd_ratio"] for r in rows])),
+    })
+    return rows
 
 
 def _save_netcdf(idata: az.InferenceData, path: Path) -> None:
@@ -387,13 +397,14 @@ def _save_netcdf(idata: az.InferenceData, path: Path) -> None:
 
 
 def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
-    c = vae.config
     word = "can be trusted" if s["trusted"] else "should not be trusted"
+    guide = vae.family.name or type(vae.family).__name__
     lines = [
         "# Posterior diagnostics",
         "",
-        f"Model: prior `{c.prior}`, guide `{c.guide}`, likelihood `{c.likelihood}`, "
-        f"z-dim {c.z_dim}. Data: {s['num_images']} images, {source}.",
+        f"Model: prior `{vae.prior.name or type(vae.prior).__name__}`, guide `{guide}`, "
+        f"likelihood `{vae.likelihood.name}`, z-dim {vae.z_dim}. Data: {s['num_images']} "
+        f"images, {source}.",
         "",
         f"**The variational posterior {word} for this model:** {s['verdict']}",
         "",
@@ -411,31 +422,7 @@ def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
         "Per image: [khat.csv](khat.csv).",
     ]
     if rows:
-        lines += [
-            "",
-            "## Reference posterior by NUTS",
-            "",
-            f"p(z|x) ∝ p(z) p(x|z) with the trained decoder fixed, for {s['nuts_images']} "
-            f"images: {s['nuts_chains']} chains × {s['nuts_draws_per_chain']} draws "
-            f"(pyro.infer.MCMC + NUTS). Largest R-hat {s['nuts_max_r_hat']:.3f}, smallest bulk "
-            f"ESS {s['nuts_min_ess_bulk']:.0f}, {s['nuts_divergences']} divergent transitions.",
-            "",
-            f"The guide's means differ from NUTS's by {s['mean_abs_std_diff']:.2f} posterior "
-            f"standard deviations on average; its standard deviations are "
-            f"{s['median_sd_ratio']:.2f}× NUTS's (median; below 1 means too narrow).",
-            "",
-            "| image | latent | NUTS mean | NUTS sd | guide mean | guide sd | R-hat | ESS |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['image']} | {r['latent']} | {r['nuts_mean']:.3f} | {r['nuts_sd']:.3f} | "
-            f"{r['guide_mean']:.3f} | {r['guide_sd']:.3f} | {r['r_hat']:.3f} | "
-            f"{r['ess_bulk']:.0f} |"
-            for r in rows[: min(len(rows), 2 * vae.z_dim)]
-        ]
-        lines += ["", "All rows: [guide_vs_nuts.csv](guide_vs_nuts.csv); ArviZ summary: "
-                      "[nuts_summary.csv](nuts_summary.csv).", ""]
-        lines += [f"![pairs, image {i}](pairs_image{i}.png)" for i in range(s["nuts_images"])]
+        lines += _report_nuts(s, rows, vae.z_dim)
     lines += [
         "",
         "## Files",
@@ -447,3 +434,78 @@ def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _report_nuts(s: dict, rows: list[dict], z_dim: int) -> list[str]:
+    """The report's section on the NUTS reference posterior."""
+    lines = [
+        "",
+        "## Reference posterior by NUTS",
+        "",
+        f"p(z|x) ∝ p(z) p(x|z) with the trained decoder fixed, for {s['nuts_images']} "
+        f"images: {s['nuts_chains']} chains × {s['nuts_draws_per_chain']} draws "
+        f"(pyro.infer.MCMC + NUTS). Largest R-hat {s['nuts_max_r_hat']:.3f}, smallest bulk "
+        f"ESS {s['nuts_min_ess_bulk']:.0f}, {s['nuts_divergences']} divergent transitions.",
+        "",
+        f"The guide's means differ from NUTS's by {s['mean_abs_std_diff']:.2f} posterior "
+        f"standard deviations on average; its standard deviations are "
+        f"{s['median_sd_ratio']:.2f}× NUTS's (median; below 1 means too narrow).",
+        "",
+        "| image | latent | NUTS mean | NUTS sd | guide mean | guide sd | R-hat | ESS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['image']} | {r['latent']} | {r['nuts_mean']:.3f} | {r['nuts_sd']:.3f} | "
+        f"{r['guide_mean']:.3f} | {r['guide_sd']:.3f} | {r['r_hat']:.3f} | "
+        f"{r['ess_bulk']:.0f} |"
+        for r in rows[: min(len(rows), 2 * z_dim)]
+    ]
+    lines += ["", "All rows: [guide_vs_nuts.csv](guide_vs_nuts.csv); ArviZ summary: "
+              "[nuts_summary.csv](nuts_summary.csv).", ""]
+    lines += [f"![pairs, image {i}](pairs_image{i}.png)" for i in range(s["nuts_images"])]
+    return lines
+
+
+def diagnose_run(run_dir, out, dataset: str | None = None, num_images: int = 100,
+                 draws: int = 100, psis_draws: int = 1000, nuts_images: int = 4,
+                 chains: int = 4, warmup: int = 400, nuts_samples: int = 800, seed: int = 0,
+                 device: str = "auto", progress: bool = True, model: VAE | None = None) -> dict:
+    """:func:`diagnose` the run in ``run_dir`` on ``num_images`` test images (or ``dataset``)
+    into the new or empty folder ``out``, which receives every file at once: a failed or
+    interrupted run leaves nothing there.
+
+    Raises
+    ------
+    ConfigError
+        For counts out of range (``nuts_images`` above ``num_images``, fewer than
+        :data:`MIN_PSIS_DRAWS` PSIS draws, fewer than 2 chains), an ``out`` that is a file,
+        not empty or not creatable, or a model these checks cannot address.
+    RunDirError, CheckpointError, DataError
+        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.load_eval_data`.
+    """
+
+    _check_counts(nuts_images, num_images, psis_draws, chains)
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder; choose a new one")
+    parent = folder.absolute().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot create --out {out}: {parent} is missing or not writable")
+    device = resolve_device(device)
+    vae, config = load_run(run_dir, device, model)
+    check_diagnosable(vae)
+    x, _, source = load_eval_data(config, dataset, num_images)
+    pyro.set_rng_seed(seed)
+    with staged_folder(folder) as staging:
+        return diagnose(vae, x.to(device), staging, source=source, draws=draws,
+                        psis_draws=psis_draws, nuts_images=nuts_images, chains=chains,
+                        warmup=warmup, nuts_samples=nuts_samples, progress=progress)
+
+
+def _check_counts(nuts_images: int, num_images: int, psis_draws: int, chains: int) -> None:
+    if nuts_images < 0 or nuts_images > num_images:
+        raise ConfigError("--nuts-images must be between 0 and --num-images")
+    if psis_draws < MIN_PSIS_DRAWS:
+        raise ConfigError(f"--psis-draws must be at least {MIN_PSIS_DRAWS} to fit a Pareto tail")
+    if chains < 2:
+        raise ConfigError("--chains must be at least 2, or R-hat is not defined")

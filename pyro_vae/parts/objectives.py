@@ -12,7 +12,8 @@ Particles are vectorised: the model and guide run once on a leading particle dim
 Compiled objective: ``build_elbo(config, jit=True)`` gives Pyro's ``JitTrace_ELBO``, which
 traces the model, the guide and the loss once with ``torch.jit.trace`` and then replays the
 recorded graph, without Pyro's per-step Python work. The loss is still Pyro's ELBO of the same
-model and guide, with the same numbers.
+model and guide, with the same numbers. Each objective is a part registered with
+:func:`~pyro_vae.registry.register_objective`.
 """
 
 from __future__ import annotations
@@ -21,40 +22,86 @@ import sys
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import prune_subsample_sites
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import prune_subsample_sites
 
-from .config import Config
-from .errors import ConfigError
-
-_ESTIMATORS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "iwae": RenyiELBO}
-# Not JitTraceMeanField_ELBO: in pyro 1.9 it checks for a cached trace under one attribute name
-# and stores it under another, so it traces again on every call, slower than not compiling.
-_COMPILED = {"trace": JitTrace_ELBO}
+from ..errors import ConfigError
+from ..registry import OBJECTIVES, Part, register_objective
 
 
-def jit_unsupported(config: Config) -> str | None:
-    """Why the training objective of ``config`` cannot be compiled, or None when it can.
+class Objective(Part):
+    """Base class: a Pyro ELBO estimator, configured by its constructor as Pyro's are.
 
-    A trace records one fixed graph: the KL weight of a warm-up changes every step, and the
-    contractive penalty's ``torch.func`` Jacobian cannot be traced. Only ``Trace_ELBO`` is
-    compiled: Pyro has no compiled IWAE bound, and its ``JitTraceMeanField_ELBO`` traces again
-    on every call (pyro 1.9).
+    Capabilities: ``has_kl_term`` (β and KL warm-up reweight a KL term), ``needs_density``
+    (the guide must have a density), ``min_particles``, and :meth:`compiled`.
+    """
+
+    has_kl_term: bool = True
+    needs_density: bool = False
+    min_particles: tuple[int, str] = (1, "")
+
+    def estimator(self, **kwargs) -> ELBO:  # pragma: no cover - abstract
+        """The Pyro ELBO, with Pyro's keyword arguments (``num_particles`` …)."""
+        raise NotImplementedError
+
+    def compiled(self, **kwargs) -> ELBO | None:
+        """Its compiled form (traced once per batch size), or None when Pyro has none."""
+        return None
+
+
+@register_objective("trace")
+class TraceObjective(Objective):
+    """``Trace_ELBO``: the Monte Carlo ELBO (Kingma & Welling 2014, eq. 6)."""
+
+    def estimator(self, **kwargs) -> ELBO:
+        return Trace_ELBO(**kwargs)
+
+    def compiled(self, **kwargs) -> ELBO:
+        return JitTrace_ELBO(ignore_jit_warnings=True, **kwargs)
+
+
+@register_objective("meanfield")
+class MeanFieldObjective(Objective):
+    """``TraceMeanField_ELBO``: closed-form KL(q‖p) where registered (Kingma & Welling 2014,
+    eq. 7). Not compiled: in pyro 1.9 ``JitTraceMeanField_ELBO`` checks for a cached trace under
+    one attribute name and stores it under another, so it traces again on every call."""
+
+    def estimator(self, **kwargs) -> ELBO:
+        return TraceMeanField_ELBO(**kwargs)
+
+
+@register_objective("iwae")
+class IWAEObjective(Objective):
+    """``RenyiELBO(alpha=0)``, the IWAE bound (Burda, Grosse & Salakhutdinov 2016, eq. 8)."""
+
+    has_kl_term = False
+    needs_density = True
+    min_particles = (2, "with one particle is the ordinary ELBO")
+
+    def estimator(self, **kwargs) -> ELBO:
+        return RenyiELBO(alpha=0.0, **kwargs)
+
+
+def jit_unsupported(config) -> str | None:
+    """Why the training objective of ``config`` (a :class:`~pyro_vae.config.Config`) cannot be
+    compiled here, or None when it can.
+
+    Compiling needs TorchScript (Python < 3.14) and a compiled form of the objective (only
+    ``Trace_ELBO`` has one that works); the contractive penalty's ``torch.func`` Jacobian
+    cannot be traced. A KL warm-up can: its weight is an argument of the model and guide.
     """
     if sys.version_info >= (3, 14):
         return "TorchScript, which Pyro's compiled objectives use, does not support Python 3.14+"
-    if config.elbo not in _COMPILED:
-        return f"only --elbo trace is compiled, not --elbo {config.elbo}"
-    if config.kl_warmup > 0:
-        return "--kl-warmup changes the KL weight every step, and a compiled trace fixes it"
-    if config.contractive:
+    if OBJECTIVES[config.train.elbo]().compiled() is None:
+        return f"only --elbo trace is compiled, not --elbo {config.train.elbo}"
+    if config.train.contractive:
         return "the --contractive penalty's Jacobian (torch.func) cannot be traced"
     return None
 
 
-def build_elbo(config: Config, jit: bool = False) -> ELBO:
-    """The Pyro ELBO that ``config.elbo`` and ``config.particles`` name.
+def build_elbo(config, jit: bool = False) -> ELBO:
+    """The Pyro ELBO that ``config.train.elbo`` and ``config.train.particles`` name.
 
     With ``jit=True``, its compiled form. Call that one with the batch size as a keyword
     (``num=x.shape[0]``): Pyro compiles once per distinct set of keywords, and a trace holds
@@ -65,19 +112,19 @@ def build_elbo(config: Config, jit: bool = False) -> ELBO:
     ConfigError
         With ``jit=True``, if :func:`jit_unsupported` gives a reason.
     """
+    particles = config.train.particles
     kwargs = dict(
-        num_particles=config.particles,
-        vectorize_particles=config.particles > 1,
+        num_particles=particles,
+        vectorize_particles=particles > 1,
         max_plate_nesting=1,  # the model's one plate over the batch
     )
+    objective = OBJECTIVES[config.train.elbo]()
     if jit:
         reason = jit_unsupported(config)
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
-        return _COMPILED[config.elbo](ignore_jit_warnings=True, **kwargs)
-    if config.elbo == "iwae":
-        kwargs["alpha"] = 0.0
-    return _ESTIMATORS[config.elbo](**kwargs)
+        return objective.compiled(**kwargs)
+    return objective.estimator(**kwargs)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,17 @@ class ELBOLoss(nn.Module):
     by the number of processes so that DDP's gradient average equals the gradient of the global
     batch's summed loss, as in a single process."""
 
-    def __init__(self, vae: nn.Module, elbo, world: int):
+    def __init__(self, vae: nn.Module, elbo, world: int, regularisers: dict | None = None):
         super().__init__()
         self.vae, self.elbo, self.world = vae, elbo, world
+        self.regularisers = regularisers or {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.world * self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
+    def forward(self, *args) -> torch.Tensor:
+        """``args``: the batch (batch, D) and, where a schedule weights the KL term, its
+        weight."""
+        loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, *args,
+                                             **self.regularisers)
+        return self.world * loss
 
 
 def all_sum(value: float, device: torch.device) -> float:

@@ -1,0 +1,2 @@
+"""Evaluation: held-out figures (:mod:`.evaluate`), posterior checks with ArviZ
+(:mod:`.diagnostics`), and pictures of what a model learned (:mod:`.pictures`)."""

@@ -1,0 +1,602 @@
+"""Training with ``pyro.infer.SVI``: the training plan and :func:`fit`.
+
+The loss is always Pyro's ELBO of the model and guide. :class:`TrainingPlan` holds what lives
+across steps and epochs (the optimiser, the KL schedule, progress, the stop request, the run
+directory, the data-parallel group) in short methods, in the spirit of scvi-tools' training
+plan and pythae's trainer; :func:`fit` is a thin wrapper that reads the data and builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from tqdm.auto import tqdm
+
+from .. import plots
+from ..evaluation import pictures
+from ..config import Config, DataConfig, TrainConfig, section_options
+from ..devices import resolve_device
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
+from ..io import checkpoint
+from ..io.data import Data, binarize, binarize_fixed, load_data, prepare_data
+from ..model import VAE
+from ..parts.objectives import jit_unsupported, sampled_kl_sites
+from . import distributed
+from .optim import JointOptim
+from .signals import StopRequest, stop_on_signals
+from .step import DistributedStep, TrainingStep, regularisers
+
+#: Columns of ``metrics.csv``; losses in nats per image, times in seconds. Discrete likelihoods
+#: with a stochastic guide add ``test_bits_per_dim``.
+METRIC_COLUMNS = ("epoch", "train_seconds", "train_neg_elbo", "test_neg_elbo")
+#: Images drawn in ``samples.png`` and test images shown in ``reconstructions.png``.
+NUM_SAMPLES, NUM_RECONSTRUCTIONS = 64, 32
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns: the trained model and one metrics dict per epoch."""
+
+    model: VAE
+    metrics: list[dict]
+
+
+@torch.no_grad()
+def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """Single-sample estimate of −ELBO(x) by ``Trace_ELBO``, averaged over x (nats per image).
+
+    ``x`` is (N, D) on the model's device, already binarised where the likelihood needs it.
+    The model and guide are called without schedule arguments: the plain ELBO, without β,
+    corruption or contractive penalty.
+    """
+    elbo, total, was_training = Trace_ELBO(), 0.0, vae.training
+    vae.eval()
+    for start in range(0, x.shape[0], batch_size):
+        total += elbo.loss(vae.model, vae.guide, x[start : start + batch_size])
+    vae.train(was_training)
+    return total / x.shape[0]
+
+
+def kl_weight(config: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """β, or during the first ``kl_warmup`` epochs β·t/T rising linearly per step.
+
+    KL annealing of Bowman et al. (2016, §3.1) and Sønderby et al. (2016, §2.4). ``epoch``
+    counts from 1, ``step`` from 0.
+    """
+    train = config.train
+    if train.kl_warmup == 0:
+        return train.beta
+    progress = ((epoch - 1) * steps_per_epoch + step + 1) / (train.kl_warmup * steps_per_epoch)
+    return train.beta * min(1.0, progress)
+
+
+class RunWriter:
+    """The run directory of a training run, made at its first save.
+
+    An old run in ``out`` is replaced (``overwrite``) only when the new run has something to
+    save. Each file is written atomically, the training state first: a kill between writes
+    leaves a run that both loads (the previous weights) and resumes (the new state).
+    """
+
+    def __init__(self, out, overwrite: bool, config: Config, existing: bool = False):
+        self.out, self.overwrite, self.config = Path(out), overwrite, config
+        self.dir: Path | None = self.out if existing else None
+
+    def ensure(self) -> Path:
+        """The folder, prepared (and an old run's files removed) on first use."""
+        if self.dir is None:
+            self.dir = checkpoint.prepare_run_dir(self.out, self.overwrite)
+            checkpoint.write_config(self.config, self.dir)
+        return self.dir
+
+    def save_epoch(self, vae: VAE, optim: JointOptim, progress: dict, rows: list) -> None:
+        """Training state, config, weights, metrics and training curve after an epoch."""
+        run_dir = self.ensure()
+        checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress)
+        checkpoint.write_config(self.config, run_dir)
+        checkpoint.save_weights(vae, run_dir)
+        checkpoint.write_metrics(run_dir, rows)
+        plots.save_training_curve(rows, run_dir / "training_curve.png")
+
+    def save_partial(self, vae: VAE, optim: JointOptim, progress: dict, start_rng) -> Path:
+        """The training state in the middle of an epoch (``progress["partial"]``)."""
+        run_dir = self.ensure()
+        checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress,
+                                       epoch_start_rng=start_rng)
+        return run_dir
+
+
+@dataclasses.dataclass
+class _Epoch:
+    """Progress through one epoch: steps taken, loss summed, images counted, time."""
+
+    number: int
+    start_rng: dict
+    step: int = 0
+    total: float = 0.0
+    seen: int = 0
+    started: float = 0.0
+
+    def progress(self, skipped: int) -> dict:
+        return {"epoch": self.number, "step": self.step, "total": self.total, "seen": self.seen,
+                "seconds": time.perf_counter() - self.started, "skipped": skipped}
+
+
+class TrainingPlan:
+    """Trains a :class:`~pyro_vae.model.VAE` with SVI, epoch by epoch, as :func:`fit` runs it.
+
+    The plan owns the optimiser (one Adam over every parameter, :class:`JointOptim`), the
+    training step (compiled where possible, :class:`~pyro_vae.training.step.TrainingStep`),
+    the KL schedule that it passes to the model and guide as an argument, the metrics rows,
+    the run directory and the stop request. Each epoch draws a fresh binarisation (dynamic),
+    a permutation, takes its steps, scores the test set with the plain −ELBO and saves.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model, built and seeded.
+    data : Data
+        Training and test data, checked.
+    config : Config
+        The run (its ``data_shape`` set).
+    run : RunWriter, optional
+        Where to save; None saves nothing.
+    progress : bool
+        Show a progress bar and a line per epoch.
+    cluster : Cluster, optional
+        This process's place in a torchrun group.
+    stop : StopRequest, optional
+        Set by a signal: finish the step, save, raise :class:`TrainingInterrupted`.
+    device : torch.device
+        Where parameters and data live.
+    """
+
+    def __init__(self, vae: VAE, data: Data, config: Config, *, run: RunWriter | None = None,
+                 progress: bool = True, cluster=None, stop: StopRequest | None = None,
+                 device: torch.device = torch.device("cpu")):
+        self.vae, self.data, self.config, self.run = vae.to(device), data, config, run
+        self.progress, self.cluster, self.stop = progress, cluster, stop or StopRequest()
+        self.device = device
+        self.train_x, self.test_x = self._place(data)
+        train = config.train
+        self.optim = JointOptim(torch.optim.Adam, vae, {"lr": train.lr}, clip_norm=train.clip_norm)
+        extra = regularisers(config)
+        if cluster is None:
+            self.step = TrainingStep(vae, self.optim, config, extra)
+        else:
+            self.step = DistributedStep(vae, self.optim, config, extra, cluster, device)
+            pyro.set_rng_seed(train.seed + cluster.rank)  # own noise per rank; DDP syncs weights
+        self.rows: list[dict] = []
+        self.first_epoch, self.skipped, self.partial = 1, 0, None
+        self.bits = vae.likelihood.discrete and vae.family.has_density
+        if train.elbo == "meanfield":
+            self._warn_sampled_kl()
+
+    def _place(self, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training and test data on the device, binarised as the run asks."""
+        train_x, test_x = data.train.to(self.device), data.test.to(self.device)
+        binarization = self.config.binarization
+        if binarization in ("dynamic", "static"):
+            test_x = binarize_fixed(test_x)
+        if binarization == "static":  # one draw of its own, kept for the whole run
+            generator = torch.Generator().manual_seed(self.config.train.seed)
+            train_x = binarize(train_x.cpu(), generator).to(self.device)
+        return train_x, test_x
+
+    def _warn_sampled_kl(self) -> None:
+        probe = self.train_x[: self.config.train.batch_size]
+        probe = binarize_fixed(probe) if self.config.binarization == "dynamic" else probe
+        for site in sampled_kl_sites(self.vae.model, self.vae.guide, probe):
+            message = f"meanfield: no closed-form KL for {site}; it is estimated by sampling"
+            if self.progress:
+                tqdm.write(message)
+            else:
+                warnings.warn(message, stacklevel=4)
+
+    def resume(self, state: dict) -> None:
+        """Continue from a saved training state, with its exact RNG states.
+
+        Raises
+        ------
+        CheckpointError
+            If the state does not fit this model.
+        """
+        try:
+            self.vae.load_state_dict(state["model"])
+            self.optim.set_state(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            raise CheckpointError(
+                f"the training state in {self.run.dir} does not match its config.json; the run "
+                "cannot be resumed, start a new one") from None
+        progress = state["progress"]
+        self.rows, self.first_epoch = progress["rows"], progress["epoch"] + 1
+        self.skipped, self.partial = progress.get("skipped", 0), progress.get("partial")
+        if self.partial is None:
+            checkpoint.restore_rng(state["rng"])
+        else:  # stopped mid-epoch: redraw that epoch's data order, then go on from its step
+            checkpoint.restore_rng(state["epoch_start_rng"])
+            self.partial = {**self.partial, "rng": state["rng"]}
+
+    def fit(self) -> list[dict]:
+        """Train for the remaining epochs; returns the metrics rows.
+
+        Raises
+        ------
+        TrainingError, TrainingInterrupted, CheckpointError
+            As :func:`fit`.
+        """
+        for epoch in range(self.first_epoch, self.config.train.epochs + 1):
+            if self.stop.requested and self.run is not None and self.run.dir is not None:
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch - 1}; the state is saved, continue with: "
+                    f"pyro-vae fit --resume {self.run.dir} --epochs {self.config.train.epochs}")
+            self._run_epoch(epoch)
+        if self.run is not None and self.run.dir is not None and self.data.is_image:
+            self.save_pictures(self.run.dir)
+        return self.rows
+
+    def _run_epoch(self, number: int) -> None:
+        epoch = _Epoch(number, checkpoint.capture_rng())
+        x = binarize(self.train_x) if self.config.binarization == "dynamic" else self.train_x
+        self._train_epoch(epoch, x)
+        total, seen = epoch.total, epoch.seen
+        if self.cluster is not None:
+            total, seen = (distributed.all_sum(v, self.device) for v in (total, seen))
+        seconds = time.perf_counter() - epoch.started
+        self.rows.append(self._metrics(number, seconds, total / seen))
+        if self.progress:
+            row = self.rows[-1]
+            tqdm.write(
+                f"epoch {number}/{self.config.train.epochs}: train -ELBO "
+                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} nats/image "
+                f"({seconds:.1f} s)")
+        if self.run is not None:
+            world = self.cluster.world if self.cluster is not None else 1
+            self.run.save_epoch(self.vae, self.optim, {
+                "epoch": number, "rows": self.rows, "world": world, "skipped": self.skipped},
+                self.rows)
+
+    def _metrics(self, epoch: int, seconds: float, train_loss: float) -> dict:
+        """One row of ``metrics.csv``, with the test set's plain −ELBO."""
+        self.vae.eval()
+        row = {"epoch": epoch, "train_seconds": round(seconds, 3),
+               "train_neg_elbo": round(train_loss, 4),
+               "test_neg_elbo": round(self._test_neg_elbo(), 4)}
+        if self.bits:
+            row["test_bits_per_dim"] = round(
+                row["test_neg_elbo"] / (self.test_x.shape[-1] * math.log(2)), 5)
+        return row
+
+    def _test_neg_elbo(self) -> float:
+        """:func:`neg_elbo` of the test set; under torchrun each rank scores every world-th
+        image and the sums are added up, so the evaluation is split rather than repeated."""
+        if self.cluster is None:
+            return neg_elbo(self.vae, self.test_x)
+        part = self.test_x[self.cluster.rank :: self.cluster.world]
+        total = neg_elbo(self.vae, part) * part.shape[0] if part.shape[0] else 0.0
+        return distributed.all_sum(total, self.device) / self.test_x.shape[0]
+
+    def _order(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, int]:
+        """The epoch's permutation of x's rows (this rank's shard) and the batch size.
+
+        Under torchrun every rank draws the same permutation (seeded by seed and epoch) and
+        steps through its own shard with its share of the batch."""
+        if self.cluster is None:
+            return torch.randperm(x.shape[0], device=x.device), self.config.train.batch_size
+        generator = torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch)
+        order = distributed.shard(torch.randperm(x.shape[0], generator=generator), self.cluster)
+        return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
+                                                           self.cluster)
+
+    def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
+        """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
+        order, batch_size = self._order(x, epoch.number)
+        n, steps = order.shape[0], math.ceil(order.shape[0] / batch_size)
+        self.vae.train()
+        if self.partial is not None:  # the permutation is drawn again above; now the later RNG
+            checkpoint.restore_rng(self.partial["rng"])
+            epoch.step, epoch.total = self.partial["step"], self.partial["total"]
+            epoch.seen = self.partial.get("seen", min(n, epoch.step * batch_size))
+            epoch.started = time.perf_counter() - self.partial["seconds"]
+            self.partial = None
+        else:
+            epoch.started = time.perf_counter()
+        with tqdm(total=n, desc=f"epoch {epoch.number}/{self.config.train.epochs}", unit="img",
+                  # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
+                  disable=None if self.progress else True, leave=False, dynamic_ncols=True,
+                  initial=min(n, epoch.step * batch_size)) as bar:
+            for step in range(epoch.step, steps):
+                batch = x[order[step * batch_size : (step + 1) * batch_size]]
+                loss = self._take_step(batch, epoch, step, steps)
+                bar.update(batch.shape[0])
+                if step % 20 == 0 and loss is not None:
+                    bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
+                epoch.step = step + 1
+                if step + 1 < steps:
+                    self._between_steps(epoch)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def kl_weight(self, epoch: int, step: int, steps: int, device) -> torch.Tensor | None:
+        """The KL weight of this step as a 0-d tensor (an argument of the model and guide, so
+        the compiled objective follows the schedule), or None when it is always 1."""
+        train = self.config.train
+        if train.beta == 1.0 and train.kl_warmup == 0:
+            return None
+        return torch.tensor(kl_weight(self.config, epoch, step, steps), device=device)
+
+    def _take_step(self, batch: torch.Tensor, epoch: _Epoch, step: int, steps: int):
+        """One SVI step; returns its loss, or None for a skipped non-finite batch."""
+        weight = self.kl_weight(epoch.number, step, steps, batch.device)
+        # Pyro checks every distribution's arguments and values on the first step of each
+        # epoch; the data were checked on loading, and non-finite losses and gradients are
+        # caught below, so later steps skip those checks.
+        try:
+            loss = self.step(batch, weight, validate=step == 0)
+        except ValueError as err:  # Pyro's validation: a parameter left its support
+            raise self._diverged(epoch.number, step, str(err).splitlines()[0]) from None
+        reason = None
+        if self.optim.skipped:  # the same on every rank under torchrun: gradients are averaged
+            reason = "a gradient is not finite" if math.isfinite(loss) else f"the loss is {loss}"
+        elif not math.isfinite(loss) and self.cluster is None:
+            reason = f"the loss is {loss}"
+        if reason is None:
+            epoch.total += loss
+            epoch.seen += batch.shape[0]
+            return loss
+        self.skipped += 1
+        allowed = self.config.train.skip_nonfinite
+        if self.skipped > allowed:
+            raise self._diverged(epoch.number, step, reason)
+        tqdm.write(f"epoch {epoch.number}, step {step + 1}: {reason}; batch skipped "
+                   f"({self.skipped} of --skip-nonfinite {allowed})")
+        return None
+
+    def _between_steps(self, epoch: _Epoch) -> None:
+        """Honour a stop request (save, then raise) and ``--checkpoint-every``."""
+        every = self.config.train.checkpoint_every
+        if self.stop.requested:
+            # A stop before the first epoch ends saves nothing, unless --checkpoint-every made
+            # the folder already: an old run in --out is replaced only by saved progress.
+            saved = None
+            if self.run is not None and self.run.dir is not None:
+                saved = self._save_partial(epoch)
+            raise _interrupted(saved, epoch.number, epoch.step, self.config)
+        if every and self.run is not None and self.cluster is None and epoch.step % every == 0:
+            self._save_partial(epoch)
+
+    def _save_partial(self, epoch: _Epoch) -> Path:
+        partial = epoch.progress(self.skipped)
+        return self.run.save_partial(self.vae, self.optim, {
+            "epoch": epoch.number - 1, "rows": self.rows, "partial": partial,
+            "skipped": self.skipped}, epoch.start_rng)
+
+    def _diverged(self, epoch: int, step: int, reason: str) -> TrainingError:
+        """The one-line message of a stop on a non-finite loss or gradient."""
+        run_dir = self.run.dir if self.run is not None else None
+        if run_dir is not None and self.rows:
+            saved = f"the checkpoint of epoch {self.rows[-1]['epoch']} in {run_dir} is intact"
+        elif run_dir is not None:
+            saved = f"{run_dir} holds only a mid-epoch training state"
+        else:
+            saved = "no epoch had finished, so nothing was saved"
+        skip = ("" if self.config.train.skip_nonfinite
+                else ", or skip a few such batches with --skip-nonfinite N")
+        return TrainingError(
+            f"training diverged at epoch {epoch}, step {step + 1} ({reason}); lower --lr, add "
+            f"--clip-norm, or check the likelihood's scale{skip}; {saved}")
+
+    def save_pictures(self, run_dir: Path) -> None:
+        """``samples.png`` (for a prior that can be sampled) and ``reconstructions.png``."""
+        vae, shape = self.vae, self.data.data_shape
+        if vae.can_sample:
+            plots.save_image_grid(vae.sample(NUM_SAMPLES, mean=True), shape,
+                                  run_dir / "samples.png")
+        shown = self.data.test.to(self.test_x.device)
+        binarized = self.config.binarization in ("dynamic", "static")
+        grid, per_row = pictures.reconstructions(vae, shown, self.test_x if binarized else None,
+                                                 NUM_RECONSTRUCTIONS)
+        plots.save_image_grid(grid, shape, run_dir / "reconstructions.png", nrow=per_row)
+
+
+def _interrupted(run_dir: Path | None, epoch: int, step: int, config: Config):
+    """The message of a stop request: where the state was saved and how to resume."""
+    if run_dir is None:
+        return TrainingInterrupted(
+            f"interrupted in epoch {epoch} after step {step}; no run directory held a "
+            "finished epoch yet, so nothing was saved")
+    return TrainingInterrupted(
+        f"interrupted in epoch {epoch} after step {step}; the state is saved, continue "
+        f"with: pyro-vae fit --resume {run_dir} --epochs {config.train.epochs}")
+
+
+def fit(
+    model: Config | VAE | None = None,
+    out: str | Path | None = None,
+    *,
+    data: Data | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options,
+) -> FitResult:
+    """Train a VAE with SVI and the objective ``--elbo`` names, and return it.
+
+    Parameters
+    ----------
+    model : Config or VAE, optional
+        A :class:`Config` of a built-in model (``options``, any flat option such as
+        ``epochs=5``, override it), or a :class:`VAE` of your own networks and prior, which
+        is trained as it is with the data and training ``options``.
+    out : path, optional
+        Run directory to write: ``config.json``, ``model.safetensors`` and
+        ``training_state.safetensors`` after every epoch, ``metrics.csv``,
+        ``training_curve.png``, and at the end ``samples.png`` and ``reconstructions.png``
+        for image data. Nothing is written when ``out`` is None.
+    data : Data, optional
+        Data already in memory, instead of loading ``dataset``; ``limit`` and the checks of
+        :func:`pyro_vae.io.data.check_data` still apply.
+    resume : path, optional
+        Continue the run in this directory from its last completed epoch (or mid-epoch
+        save), with its own configuration; only ``epochs`` (the new total) may be given, and
+        ``model`` only for a user-built run (the same VAE, built again). On the CPU the
+        continued run reproduces the uninterrupted one: same metrics, same weights.
+    overwrite : bool
+        Replace the run already in ``out`` (only its files; folders that are not pyro_vae
+        runs are refused).
+    progress : bool
+        Show a tqdm progress bar and a line per epoch.
+
+    Returns
+    -------
+    FitResult
+        ``(model, metrics)``: the trained :class:`VAE` in eval mode and a list of dicts with
+        the keys :data:`METRIC_COLUMNS` (losses in nats per image). ``train_neg_elbo`` is the
+        training objective's value (the negative IWAE bound for ``elbo="iwae"``, the weighted
+        objective under ``beta`` and warm-up); ``test_neg_elbo`` is always the plain
+        single-sample −ELBO, so runs with different objectives compare.
+
+    Raises
+    ------
+    ConfigError, DataError, RunDirError
+        For invalid options, data or output folders, before anything in ``out`` changes.
+    TrainingError
+        If the loss or a gradient becomes non-finite (after ``skip_nonfinite`` skipped
+        batches). An old run in ``out`` is only replaced once the new run has a checkpoint to
+        write, and the last checkpoint stays loadable.
+    CheckpointError
+        With ``resume``, if the run has no usable training state; and if a checkpoint cannot
+        be written (disk full, folder no longer writable), the previous one staying intact.
+    TrainingInterrupted
+        On SIGINT or SIGTERM, after the current step; with a run directory, the state is saved
+        first (``training_state.safetensors``) and the message says how to resume.
+    """
+    vae = model if isinstance(model, VAE) else None
+    state = None
+    if resume is not None:
+        config, out, state = _resume(resume, model, options)
+    else:
+        config = _run_config(model, options)
+    cluster = distributed.cluster_from_env()
+    device = _check_cluster(config, cluster, resuming=state is not None)
+    if cluster is not None and not cluster.is_main:
+        out, progress = None, False  # rank 0 alone writes and reports
+    if out is not None and state is None:
+        checkpoint.check_run_dir(out, overwrite)
+    config, data = _data_for(config, data)
+    if vae is None:
+        pyro.set_rng_seed(config.train.seed)
+        vae = VAE.from_config(config)
+    else:
+        _fit_user_model(vae, data)
+        pyro.set_rng_seed(config.train.seed)
+    if out is not None:
+        checkpoint.check_free_space(out, vae)
+    run = RunWriter(out, overwrite, config, existing=state is not None) if out else None
+    # Parameters live in the modules; the param-store scope keeps Pyro's global store as it was.
+    with pyro.validation_enabled(True), pyro.get_param_store().scope(), \
+            stop_on_signals(enabled=cluster is None) as stop:
+        plan = TrainingPlan(vae, data, config, run=run, progress=progress, cluster=cluster,
+                            stop=stop, device=device)
+        if state is not None:
+            plan.resume(state)
+        rows = plan.fit()
+    return FitResult(vae.eval(), rows)
+
+
+def _run_config(model, options: dict) -> Config:
+    """The run's :class:`Config`: a built-in model's, or a user-built model's sections."""
+    if isinstance(model, VAE):
+        sections = {**section_options(DataConfig), **section_options(TrainConfig)}
+        foreign = sorted(set(options) - set(sections))
+        if foreign:
+            raise ConfigError(
+                f"option {foreign[0]!r} describes a built-in model; a VAE you built brings its "
+                "own networks and parts, so give only data and training options")
+        return Config.of(model.describe(), DataConfig(**_pick(options, DataConfig)),
+                         TrainConfig(**_pick(options, TrainConfig)))
+    if model is not None and not isinstance(model, Config):
+        raise ConfigError(f"fit takes a Config or a VAE, not {type(model).__name__}")
+    return (model or Config()).replace(**options)
+
+
+def _pick(options: dict, section) -> dict:
+    return {k: v for k, v in options.items() if k in section_options(section)}
+
+
+def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
+    """The data (loaded or given, checked) and the config with their shape."""
+    if data is None:
+        data = load_data(config)
+    else:
+        data = prepare_data(data, config)
+        config = config.replace(dataset=data.source or "in-memory data")
+    return config.replace(data_shape=data.data_shape), data
+
+
+def _fit_user_model(vae: VAE, data: Data) -> None:
+    """Give a user-built model its data shape, or refuse data of another shape."""
+    if vae.data_shape is None:
+        vae.data_shape = data.data_shape
+    elif tuple(vae.data_shape) != tuple(data.data_shape):
+        raise DataError(f"the model was built for data of shape {vae.data_shape} but the data "
+                        f"have shape {data.data_shape}")
+
+
+def _check_cluster(config: Config, cluster, resuming: bool) -> torch.device:
+    """The device; under torchrun, what the group supports, and this rank's device."""
+    device = resolve_device(config.train.device)
+    if config.train.jit:
+        reason = jit_unsupported(config)
+        if reason is not None:
+            raise ConfigError(f"--jit is not possible here: {reason}; drop --jit")
+    if cluster is None:
+        return device
+    refusals = [
+        (resuming, "resuming a run under torchrun is not supported yet; resume it in one "
+                   "process"),
+        (config.train.elbo == "iwae", "--elbo iwae is not supported under torchrun yet (Pyro's "
+         "RenyiELBO has no differentiable loss for DistributedDataParallel); use one process"),
+        (config.train.jit, "--jit is not supported under torchrun yet; drop --jit"),
+        (config.train.checkpoint_every, "--checkpoint-every is not supported under torchrun "
+         "yet (runs are saved after every epoch); drop it"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise ConfigError(message)
+    distributed.check_batch(config.train.batch_size, cluster)
+    return distributed.start(cluster, device)
+
+
+def _resume(run_dir, model, options: dict) -> tuple[Config, Path, dict]:
+    """The config, run directory and training state of the run to continue."""
+    if isinstance(model, Config) or set(options) - {"epochs"}:
+        raise ConfigError(
+            "--resume takes every option from the run's config.json; give only --epochs "
+            "(the new total)")
+    config = checkpoint.read_config(run_dir)
+    if config.model.user_built != isinstance(model, VAE):
+        raise ConfigError(
+            "this run holds a user-built model: pass the same VAE, built again, as "
+            "fit(vae, resume=run_dir)" if config.model.user_built else
+            "this run holds a built-in model: resume it without passing a model")
+    state = checkpoint.load_training_state(run_dir)
+    if state["progress"].get("world", 1) != 1:
+        raise ConfigError(
+            f"the run in {run_dir} was trained by {state['progress']['world']} processes under "
+            "torchrun; resuming such runs is not supported yet")
+    done = state["progress"]["epoch"]
+    epochs = options.get("epochs", config.train.epochs)
+    if epochs <= done:
+        raise ConfigError(
+            f"the run in {run_dir} has trained {done} epochs already; give --epochs N with "
+            f"N > {done} to continue it")
+    checkpoint.remove_stale_temporaries(run_dir)  # after every check: a refusal changes nothing
+    return config.replace(epochs=epochs), Path(run_dir), state

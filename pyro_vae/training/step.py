@@ -1,0 +1,117 @@
+"""One SVI step: Pyro's ELBO of the model and guide, its gradient, one optimiser step."""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+from pyro.infer import SVI
+
+from ..config import Config
+from ..model import VAE
+from ..parts.corruption import parse_corruption
+from ..parts.objectives import build_elbo, jit_unsupported
+from . import distributed
+
+
+def regularisers(config: Config) -> dict:
+    """The training-only keyword arguments of the model and guide that ``config`` asks for:
+    ``corruption`` (``--corrupt``) and ``contractive`` (``--contractive``)."""
+    train, extra = config.train, {}
+    if train.corrupt is not None:
+        extra["corruption"] = parse_corruption(train.corrupt)
+    if train.contractive:
+        extra["contractive"] = train.contractive
+    return extra
+
+
+class TrainingStep:
+    """One SVI step on a batch: Pyro's ELBO of ``vae.model`` and ``vae.guide``, its gradient,
+    and one step of ``optim``.
+
+    Steps called with ``validate=True`` (the plan does so on the first step of every epoch)
+    run the uncompiled objective with Pyro's validation on, so every distribution's parameters
+    and values are checked. The others run the compiled objective (:func:`build_elbo` with
+    ``jit=True``) where ``config.train.jit`` allows it, and the uncompiled one otherwise. Both
+    give the same numbers from the same random stream: Pyro records a new trace for each new
+    batch size by running the objective a few times, and that happens here on a copy of the
+    random state, so compiling consumes none of it.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model.
+    optim : pyro.optim.PyroOptim
+        Its optimiser, e.g. :class:`~pyro_vae.training.optim.JointOptim`.
+    config : Config
+        Gives the objective, particles and ``jit``.
+    regularisers : dict
+        Keyword arguments of the model and guide for training only (``corruption``,
+        ``contractive``).
+
+    Calling it with a batch (batch, D) and the KL weight (a 0-d tensor, or None for none)
+    returns the loss, −ELBO summed over the batch, in nats.
+    """
+
+    def __init__(self, vae: VAE, optim, config: Config, regularisers: dict | None = None):
+        self.svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
+        self.kwargs = regularisers or {}
+        self.compiled = self._compiled_elbo = None
+        jit = config.train.jit
+        if jit or (jit is None and jit_unsupported(config) is None):
+            self._compiled_elbo = build_elbo(config, jit=True)
+            self.compiled = SVI(vae.model, vae.guide, optim, self._compiled_elbo)
+        self._traced: set[tuple[int, int]] = set()
+
+    def __call__(self, batch: torch.Tensor, kl_weight=None, validate: bool = False) -> float:
+        args = (batch,) if kl_weight is None else (batch, kl_weight)
+        if validate or self.compiled is None:
+            with pyro.validation_enabled(validate):
+                return self.svi.step(*args, **self.kwargs)
+        # The plain interpreter runs the recorded graph, and autograd differentiates it as it
+        # does eager code: TorchScript's optimising executor is slower for these graphs.
+        with pyro.validation_enabled(False), torch.jit.optimized_execution(False):
+            if (batch.shape[0], len(args)) not in self._traced:
+                self._trace(args)
+            return self.compiled.step(*args, num=batch.shape[0], **self.kwargs)
+
+    def _trace(self, args: tuple) -> None:
+        """Record the objective for this batch size and these arguments (the batch, and the KL
+        weight where a schedule sets one), on a copy of the random state."""
+        batch = args[0]
+        devices = [batch.device] if batch.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # torch 2.9+ announces the end of TorchScript; Pyro's JIT objectives still use it.
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=FutureWarning)
+            # SVI's own bound methods: Pyro keys its traces on the model's and guide's ids.
+            self._compiled_elbo.differentiable_loss(
+                self.compiled.model, self.compiled.guide, *args, num=batch.shape[0],
+                **self.kwargs)
+        self._traced.add((batch.shape[0], len(args)))
+
+
+class DistributedStep:
+    """A training step under DistributedDataParallel: Pyro's −ELBO of this rank's batch
+    through the DDP wrapper, gradients averaged over ranks, one joint optimiser step.
+
+    Uncompiled: DDP needs ``differentiable_loss``, and ``JitTrace_ELBO``'s (pyro 1.9) adds the
+    loss's own gradient to the surrogate's, doubling it.
+    """
+
+    def __init__(self, vae: VAE, optim, config: Config, regularisers: dict, cluster,
+                 device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.vae, self.optim, self.world = vae, optim, cluster.world
+        loss = distributed.ELBOLoss(vae, build_elbo(config), cluster.world, regularisers)
+        self.ddp = DistributedDataParallel(
+            loss, device_ids=[device] if device.type == "cuda" else None)
+
+    def __call__(self, batch: torch.Tensor, kl_weight=None, validate: bool = False) -> float:
+        args = (batch,) if kl_weight is None else (batch, kl_weight)
+        with pyro.validation_enabled(validate):
+            loss = self.ddp(*args)
+        loss.backward()
+        self.optim(list(self.vae.parameters()))
+        return loss.item() / self.world
