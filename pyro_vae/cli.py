@@ -64,8 +64,8 @@ class _FitCommand(_Command):
 
 def _declared_options() -> list[click.Option]:
     """Click options for every configuration option and part option, from their declarations."""
-    from .config import (_DEFAULT_PARTS, PART_KINDS, DataConfig, ModelConfig, TrainConfig,
-                         part_option_flags, section_options)
+    from .config import (PART_KINDS, DataConfig, ModelConfig, TrainConfig, part_option_flags,
+                         section_options)
 
     options = [_click_option(n, o, o.default) for n, o in section_options(DataConfig).items()]
     for kind, registry in PART_KINDS.items():
@@ -75,7 +75,7 @@ def _declared_options() -> list[click.Option]:
         text += " " + ", ".join(f"{n} ({c.summary})" if c.summary else n
                                 for n, c in registry.parts.items()) + "."
         options.append(click.Option([f"--{kind}"], type=click.Choice(registry.names()),
-                                    default=_DEFAULT_PARTS[kind], show_default=True, help=text))
+                                    default=registry.default, show_default=True, help=text))
     for flat, declared in part_option_flags().items():
         first = declared[0][0].options()[declared[0][1]]
         groups: dict[str, dict[str, list[str]]] = {}
@@ -87,7 +87,8 @@ def _declared_options() -> list[click.Option]:
             f"--{kind} {' or '.join(names)}" for kind, names in users.items())
             for shown, users in groups.items())
         options.append(_click_option(flat, first, None, f"[default: {defaults}]"))
-    options.append(_click_option("z_dim", section_options(ModelConfig)["z_dim"], 20))
+    z_dim = section_options(ModelConfig)["z_dim"]
+    options.append(_click_option("z_dim", z_dim, z_dim.default))
     options += [_click_option(n, o, o.default) for n, o in section_options(TrainConfig).items()]
     return options
 
@@ -190,29 +191,14 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
               help="A .png picture; in prior mode also .npy for the (num, ...) array.")
 def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
     """Pictures of what the model in RUN_DIR learned; by default draws z ~ p(z), x ~ p(x|z)."""
-    import pyro
-
-    from .evaluation import pictures
-    from .io.checkpoint import load_run
-    from .io.data import binarize_fixed, class_names, load_eval_data
+    from .evaluation.pictures import sample_run
 
     # Range checks here rather than click.IntRange, whose usage errors span three lines.
     _positive(num=num, nrow=nrow)
     _check_seed(seed)
     _check_out_file(out, (".png", ".npy") if mode == "prior" else (".png",))
-    vae, config = load_run(run_dir)
-    wanted = pictures.images_needed(mode, num)
-    images = seen = labels = None
-    source = ""
-    if wanted:
-        images, labels, source = load_eval_data(config, dataset, wanted, binarized=False)
-        seen = binarize_fixed(images) if config.binarization in ("dynamic", "static") else images
-        source = f" ({source})"
-    pyro.set_rng_seed(seed)
-    message = pictures.draw(vae, mode, out, num=num, nrow=nrow, mean=mean, images=images,
-                            seen=seen, labels=labels,
-                            class_names=class_names(dataset or config.data.dataset))
-    click.echo(message + source)
+    click.echo(sample_run(run_dir, mode, out, num=num, nrow=nrow, mean=mean, dataset=dataset,
+                          seed=seed))
 
 
 def _check_out_file(out: str, suffixes: tuple[str, ...]) -> str:

@@ -245,13 +245,25 @@ class TrainConfig:
 
 
 def part_option_flags() -> dict[str, list[tuple[type, str]]]:
-    """Flat option name (``prior_df``) → the (part class, attribute) pairs that declare it."""
+    """Flat option name (``prior_df``) → the (part class, attribute) pairs that declare it.
+
+    Raises
+    ------
+    ConfigError
+        If a part's option takes the name of an option of the configuration sections.
+    """
+    taken = {*section_options(DataConfig), *section_options(TrainConfig), *PART_KINDS,
+             "z_dim", "data_shape"}
     flags: dict[str, list[tuple[type, str]]] = {}
     for registry in PART_KINDS.values():
         for cls in registry.parts.values():
             for attribute in cls.options():
-                flags.setdefault(cls.flag(attribute).replace("-", "_"), []).append(
-                    (cls, attribute))
+                flat = cls.flag(attribute).replace("-", "_")
+                if flat in taken:
+                    raise ConfigError(f"the option {attribute!r} of --{cls.kind} {cls.name} "
+                                      f"takes the flag --{flat.replace('_', '-')}, which another "
+                                      "option has; give it another flag")
+                flags.setdefault(flat, []).append((cls, attribute))
     return flags
 
 
@@ -275,9 +287,6 @@ def _refuse_unused(chosen: dict[str, str], given: dict) -> None:
                           "choose that part")
 
 
-_DEFAULT_PARTS = {"arch": "mlp", "prior": "normal", "likelihood": "bernoulli", "guide": "normal"}
-
-
 class Config:
     """A whole run: :attr:`model`, :attr:`data` and :attr:`train`, from flat options.
 
@@ -296,34 +305,51 @@ class Config:
     """
 
     def __init__(self, **options):
-        self._given = {k: v for k, v in options.items() if v is not None}
-        train_keys, data_keys = section_options(TrainConfig), section_options(DataConfig)
+        given = {k: v for k, v in options.items() if v is not None}
         part_flags = part_option_flags()
-        unknown = sorted(set(self._given) - set(train_keys) - set(data_keys) - set(part_flags)
-                         - set(PART_KINDS) - {"z_dim", "data_shape"})
+        unknown = sorted(set(given) - set(section_options(TrainConfig))
+                         - set(section_options(DataConfig)) - set(part_flags) - set(PART_KINDS)
+                         - {"z_dim", "data_shape"})
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
-        self.train = TrainConfig(**{k: v for k, v in self._given.items() if k in train_keys})
-        self.data = DataConfig(**{k: v for k, v in self._given.items() if k in data_keys})
-        chosen = {kind: self._given.get(kind, default) for kind, default in _DEFAULT_PARTS.items()}
+        self.train = TrainConfig(**section_values(given, TrainConfig))
+        self.data = DataConfig(**section_values(given, DataConfig))
+        chosen = {kind: given.get(kind, registry.default) for kind, registry in PART_KINDS.items()}
         for kind, name in chosen.items():
             PART_KINDS[kind][name]  # noqa: B018  (an unknown name is a ConfigError)
         self.model = ModelConfig(
-            z_dim=self._given.get("z_dim", 20), data_shape=self._given.get("data_shape"),
-            **{kind: _choose(kind, name, self._given) for kind, name in chosen.items()})
-        _refuse_unused(chosen, self._given)
+            data_shape=given.get("data_shape"),
+            **{k: v for k, v in given.items() if k == "z_dim"},
+            **{kind: _choose(kind, name, given) for kind, name in chosen.items()})
+        _refuse_unused(chosen, given)
         self._check()
 
     @classmethod
-    def of(cls, model: ModelConfig, data: DataConfig, train: TrainConfig) -> "Config":
-        """A config from its three sections (a user-built model's included)."""
+    def of(cls, model: ModelConfig, data: DataConfig, train: TrainConfig,
+           check: bool = True) -> "Config":
+        """A config from its three sections (a user-built model's included); ``check=False``
+        skips the combination rules (for a stored run read for its model only)."""
         self = cls.__new__(cls)
-        self.model, self.data, self.train, self._given = model, data, train, {}
-        for section in (data, train):
-            self._given.update({k: v for k, v in dataclasses.asdict(section).items()
-                                if v is not None})
-        self._check()
+        self.model, self.data, self.train = model, data, train
+        if check:
+            self._check()
         return self
+
+    def options(self) -> dict:
+        """The flat options that rebuild this config: every data and training value, z_dim,
+        the data shape, the chosen parts and their options that differ from the defaults."""
+        flat = {**{k: v for k, v in dataclasses.asdict(self.data).items() if v is not None},
+                **{k: v for k, v in dataclasses.asdict(self.train).items() if v is not None},
+                "z_dim": self.model.z_dim, "data_shape": self.model.data_shape}
+        for kind in PART_KINDS:
+            choice = getattr(self.model, kind)
+            if choice is None:
+                continue
+            flat[kind] = choice.name
+            declared = choice.cls.options()
+            flat.update({choice.cls.flag(a).replace("-", "_"): v
+                         for a, v in choice.options.items() if v != declared[a].default})
+        return flat
 
     def _check(self) -> None:
         """The combination rules, over capabilities, in a fixed order (first reason wins)."""
@@ -384,14 +410,31 @@ class Config:
         """D, as :attr:`ModelConfig.input_dim`."""
         return self.model.input_dim
 
+    @property
+    def binarizes(self) -> bool:
+        """Whether grey levels are binarised (dynamically or statically) for the likelihood."""
+        return self.binarization in ("dynamic", "static")
+
     def replace(self, **changes) -> "Config":
-        """A copy with ``changes`` (flat options) applied and validated again."""
-        if self.model.user_built:
-            return Config.of(dataclasses.replace(self.model, **{
-                k: v for k, v in changes.items() if k in ("z_dim", "data_shape")}),
-                dataclasses.replace(self.data, **_only(changes, DataConfig)),
-                dataclasses.replace(self.train, **_only(changes, TrainConfig)))
-        return Config(**{**self._given, **changes})
+        """A copy with ``changes`` (flat options) applied and validated again.
+
+        Raises
+        ------
+        ConfigError
+            For invalid values, or a change of the parts of a user-built model (which are the
+            user's code).
+        """
+        if not self.model.user_built:
+            return Config(**{**self.options(), **changes})
+        model_changes = {k: v for k, v in changes.items()
+                         if k not in section_options(DataConfig)
+                         and k not in section_options(TrainConfig)}
+        if set(model_changes) - {"z_dim", "data_shape"}:
+            raise ConfigError(f"option {sorted(model_changes)[0]!r} describes a built-in model; "
+                              "a VAE you built brings its own networks and parts")
+        return Config.of(dataclasses.replace(self.model, **model_changes),
+                         dataclasses.replace(self.data, **section_values(changes, DataConfig)),
+                         dataclasses.replace(self.train, **section_values(changes, TrainConfig)))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
@@ -410,9 +453,9 @@ class Config:
         """Rebuild a config written by :meth:`to_dict` (format 2) or by the first release
         (format 1, one flat table).
 
-        With ``model_only``, the training section is read without validation, so a run whose
-        training options this installation cannot honour (``jit`` where TorchScript is
-        missing) still loads for sampling and evaluation.
+        With ``model_only``, the training section is read as written, without validation and
+        without the rules that combine it with the model: a run is loaded for its model (and
+        data), whatever its training options say.
 
         Raises
         ------
@@ -429,8 +472,9 @@ class Config:
             raise CheckpointError(f"config.json holds an invalid value: {err}") from None
 
 
-def _only(changes: dict, section) -> dict:
-    return {k: v for k, v in changes.items() if k in section_options(section)}
+def section_values(options: dict, section) -> dict:
+    """The entries of the flat ``options`` that belong to the dataclass ``section``."""
+    return {k: v for k, v in options.items() if k in section_options(section)}
 
 
 def _check_header(payload: object) -> int:
@@ -505,17 +549,6 @@ def _from_v2(payload: dict, model_only: bool) -> Config:
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         for name, value in {**defaults, **training}.items():
             object.__setattr__(train, name, value)
-        config = Config.__new__(Config)
-        config.model, config.data, config.train, config._given = model, data, train, {}
-        return config
-    train = TrainConfig(**training)
-    if model.user_built:
-        return Config.of(model, data, train)
-    given = {**{k: v for k, v in dataclasses.asdict(data).items() if v is not None},
-             **{k: v for k, v in dataclasses.asdict(train).items() if v is not None},
-             "z_dim": model.z_dim, "data_shape": model.data_shape}
-    for kind in PART_KINDS:
-        choice = getattr(model, kind)
-        given[kind] = choice.name
-        given.update({choice.cls.flag(a).replace("-", "_"): v for a, v in choice.options.items()})
-    return Config(**given)
+        return Config.of(model, data, train, check=False)
+    config = Config.of(model, data, TrainConfig(**training))
+    return config if model.user_built else Config(**config.options())

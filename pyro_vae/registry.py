@@ -118,15 +118,22 @@ class Option:
                               f"got {value!r}")
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if self.type is bool and not isinstance(value, bool):
-            raise ConfigError(f"--{flag} must be true or false, got {value!r}")
-        problem = self.check(value) if self.check is not None else None
-        if problem is None and self.type in (int, float) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
-            problem = f"must be a {'number' if self.type is float else 'whole number'}"
+        problem = _type_problem(value, self.type)
+        if problem is None and self.check is not None:
+            problem = self.check(value)
         if problem is not None:
             raise ConfigError(f"--{flag} {problem}, got {value!r}")
         return value
+
+
+def _type_problem(value: Any, kind: type) -> str | None:
+    """Why ``value`` is not of the option type ``kind``, or None."""
+    if kind is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return {int: "must be a whole number", float: "must be a number",
+                str: "must be text"}.get(kind, f"must be of type {kind.__name__}")
+    return None
 
 
 class Part:
@@ -185,10 +192,12 @@ class Registry:
     kind : str
         ``"prior"``, ``"likelihood"``, ``"guide"``, ``"arch"`` or ``"elbo"``: also the CLI flag
         that chooses among them.
+    default : str, optional
+        The part chosen when the flag is not given.
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, default: str | None = None):
+        self.kind, self.default = kind, default
         self.parts: dict[str, type] = {}
 
     def register(self, name: str) -> Callable[[type], type]:
@@ -232,12 +241,12 @@ class Registry:
         return len(self.parts)
 
 
-PRIORS = Registry("prior")
-LIKELIHOODS = Registry("likelihood")
+PRIORS = Registry("prior", default="normal")
+LIKELIHOODS = Registry("likelihood", default="bernoulli")
 #: Variational families q(z|x); chosen with ``--guide`` because they decide the guide.
-FAMILIES = Registry("guide")
-NETWORKS = Registry("arch")
-OBJECTIVES = Registry("elbo")
+FAMILIES = Registry("guide", default="normal")
+NETWORKS = Registry("arch", default="mlp")
+OBJECTIVES = Registry("elbo", default="trace")
 #: Every registry, in the order their flags appear in ``pyro-vae fit --help``.
 REGISTRIES = (LIKELIHOODS, PRIORS, FAMILIES, NETWORKS, OBJECTIVES)
 

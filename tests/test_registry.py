@@ -14,7 +14,6 @@ from pyro_vae.config import part_option_flags
 from pyro_vae.registry import PRIORS
 
 
-@pyro_vae.register_prior("test-scaled-normal")
 class ScaledNormalPrior(pyro_vae.Prior):
     """p(z) = N(0, s² I) with the scale s as an option (a stand-in for any user prior)."""
 
@@ -27,6 +26,15 @@ class ScaledNormalPrior(pyro_vae.Prior):
 
     def forward(self):
         return dist.Normal(self._zeros, self._ones * self.spread).to_event(1)
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    """Registered as a user would (``@pyro_vae.register_prior(...)`` on the class), and taken
+    out again afterwards so that other tests see the built-in parts only."""
+    pyro_vae.register_prior("test-scaled-normal")(ScaledNormalPrior)
+    yield
+    PRIORS.parts.pop("test-scaled-normal")
 
 
 def test_a_registered_prior_is_validated_like_the_built_in_ones():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
 from ..errors import ConfigError
-from ..io.files import atomic_write_bytes, staged_folder
+from ..io.files import atomic_write_bytes, staged_folder, write_json
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
 from ..io.data import load_eval_data
@@ -51,13 +50,14 @@ def check_diagnosable(vae: VAE) -> None:
     """Raise :class:`ConfigError` for models whose posterior these checks cannot address."""
     if not vae.family.has_density:
         raise ConfigError(
-            "a point-mass guide (--guide delta) has no density, so neither Pareto k̂ nor a "
-            "comparison of spreads with NUTS is defined; diagnose a model with a stochastic guide"
+            f"a point-mass guide (--guide {vae.family.name}) has no density, so neither Pareto k̂ "
+            "nor a comparison of spreads with NUTS is defined; diagnose a model with a "
+            "stochastic guide"
         )
     if not vae.prior.proper:
         raise ConfigError(
-            "under the flat prior (--prior none) p(z|x) need not be a proper distribution; "
-            "diagnose a model with a proper prior"
+            f"under the flat prior (--prior {vae.prior.name}) p(z|x) need not be a proper "
+            "distribution; diagnose a model with a proper prior"
         )
 
 
@@ -89,7 +89,7 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceD
 
     def per_batch(xb):
         _, log_lik, z = log_importance_weights(vae, xb, draws)  # (S, B), (S, B, z_dim)
-        predicted = vae.likelihood(vae.decoder(z)).sample()  # (S, B, D)
+        predicted = vae.likelihood(vae.decoder_params(z)).sample()  # (S, B, D)
         if vae.likelihood.discrete:
             predicted = predicted.to(torch.uint8)
         return log_lik, z, predicted
@@ -352,9 +352,7 @@ def diagnose(
                                 progress, summary)
     trusted, reasons = verdict(khat, rows)
     summary.update({"trusted": trusted, "verdict": reasons})
-    finite = {k: v if not isinstance(v, float) or np.isfinite(v) else None
-              for k, v in summary.items()}
-    atomic_write_bytes(out / "diagnostics.json", (json.dumps(finite, indent=2) + "\n").encode())
+    write_json(out / "diagnostics.json", summary)
     atomic_write_bytes(out / "report.md", _report(vae, source, summary, rows).encode())
     return summary
 

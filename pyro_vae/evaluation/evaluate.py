@@ -173,8 +173,8 @@ def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) ->
         )
     if delta and proposal_scale is None:
         raise ConfigError(
-            "a point-mass guide (--guide delta) has no density, so it cannot be an importance "
-            "proposal; give --proposal-scale S to sample from N(f(x), S²I) instead"
+            f"a point-mass guide (--guide {vae.family.name}) has no density, so it cannot be an "
+            "importance proposal; give --proposal-scale S to sample from N(f(x), S²I) instead"
         )
     if not delta and proposal_scale is not None:
         raise ConfigError("--proposal-scale is for point-mass guides (--guide delta) only")

@@ -6,20 +6,19 @@ interpolations, latent traversals, the decoded latent manifold and a latent map.
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
+import pyro
 import torch
 
 from .. import plots
 from ..errors import ConfigError
-from ..io.files import atomic_write_bytes
+from ..io.data import binarize_fixed, class_names, load_eval_data
+from ..io.checkpoint import load_run
+from ..io.files import save_arrays
 from ..model import VAE
 from ..registry import PICTURE_MODES
 
 #: The picture modes of :func:`draw` and their default ``num``.
 DEFAULT_NUM = PICTURE_MODES
-MODES = tuple(PICTURE_MODES)
 
 
 def images_needed(mode: str, num: int | None) -> int:
@@ -155,10 +154,35 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
 def _draw_prior(vae: VAE, out: str, num: int, nrow: int, mean: bool) -> str:
     x = vae.sample(num, mean=mean)
     if out.lower().endswith(".npy"):
-        buffer = io.BytesIO()
-        np.save(buffer, x.reshape(num, *vae.data_shape).cpu().numpy())
-        atomic_write_bytes(out, buffer.getvalue())
+        save_arrays(out, x=x.reshape(num, *vae.data_shape).cpu().numpy())
     else:
         plots.save_image_grid(x, tuple(vae.data_shape), out, nrow=nrow)
     kind = "means of p(x|z)" if mean else "draws x ~ p(x|z)"
     return f"wrote {num} {kind} to {out}"
+
+
+def sample_run(run_dir, mode: str, out, *, num: int | None = None, nrow: int = 8,
+               mean: bool = False, dataset: str | None = None, seed: int = 0,
+               model: VAE | None = None) -> str:
+    """:func:`draw` picture ``mode`` of the run in ``run_dir`` into ``out``, as ``pyro-vae
+    sample`` does: the modes that need images read the run's test set (or ``dataset``), shown
+    as grey levels and encoded as the model saw them (binarised where the run binarised).
+    Returns the line that says what was drawn.
+
+    Raises
+    ------
+    RunDirError, CheckpointError, DataError, ConfigError
+        As :func:`pyro_vae.load`, :func:`pyro_vae.io.data.load_eval_data` and :func:`draw`.
+    """
+    vae, config = load_run(run_dir, model=model)
+    images = seen = labels = None
+    source = ""
+    wanted = images_needed(mode, num)
+    if wanted:
+        images, labels, source = load_eval_data(config, dataset, wanted, binarized=False)
+        seen = binarize_fixed(images) if config.binarizes else images
+        source = f" ({source})"
+    pyro.set_rng_seed(seed)
+    message = draw(vae, mode, out, num=num, nrow=nrow, mean=mean, images=images, seen=seen,
+                   labels=labels, class_names=class_names(dataset or config.data.dataset))
+    return message + source

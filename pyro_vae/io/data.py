@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import DataError
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
@@ -89,25 +89,38 @@ def load_data(config: Config) -> Data:
         infinite values, values outside the likelihood's support, or fewer training images
         than one batch.
     """
-    name = config.dataset
+    return prepare_data(read_data(config.data), config)
+
+
+def read_data(source: DataConfig) -> Data:
+    """The train/test split that ``source`` names (its dataset, test file and data folder),
+    read and shaped but not checked against a model; ``source.limit`` is not applied.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable files, unknown dataset names, wrong shapes or dtypes.
+    """
+    name = source.dataset
     if name in NAMED_DATASETS:
-        data = _load_named(name, config.data_dir)
+        data = _load_named(name, source.data_dir)
     elif name.endswith((".npy", ".npz")) or os.path.exists(name):
-        data = _load_file(name, holdout=config.test_dataset is None)
+        data = _load_file(name, holdout=source.test_dataset is None)
     else:
         raise DataError(
-            f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} "
-            "or the path of a .npy/.npz file"
+            f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} or the path of "
+            "a .npy/.npz file (a run trained on data given in memory needs them given again: "
+            "--dataset, or data=)"
         )
-    if config.test_dataset is not None:
-        test, test_labels, test_shape = _read_test_file(config.test_dataset)
+    if source.test_dataset is not None:
+        test, test_labels, test_shape = _read_test_file(source.test_dataset)
         if test_shape != data.data_shape:
             raise DataError(
-                f"{config.test_dataset} holds data of shape {test_shape} but the training data "
+                f"{source.test_dataset} holds data of shape {test_shape} but the training data "
                 f"have shape {data.data_shape}; give a test file matching the training data"
             )
         data.test, data.test_labels = test, test_labels
-    return prepare_data(data, config)
+    return data
 
 
 def prepare_data(data: Data, config: Config) -> Data:
@@ -181,24 +194,25 @@ def load_eval_data(
         As :func:`load_data`, and if the data's shape differs from the run's.
     """
     if dataset is None:
-        data = load_data(config.replace(limit=None, batch_size=1))
-        x, labels, source = data.test, data.test_labels, f"the test set of {config.dataset}"
+        data = read_data(config.data)
+        x, labels, source = data.test, data.test_labels, f"the test set of {config.data.dataset}"
+        shape = data.data_shape
     elif dataset in NAMED_DATASETS:
-        data = _load_named(dataset, config.data_dir)
+        data = _load_named(dataset, config.data.data_dir)
         x, labels, source = data.test, data.test_labels, f"the test split of {dataset}"
         shape = data.data_shape
     else:
         x, labels, shape = _read_test_file(dataset)
         source = dataset
-    if dataset is not None and shape != config.data_shape:
+    if shape != config.model.data_shape:
         raise DataError(
             f"{source} holds data of shape {shape} but the model was trained on "
-            f"{config.data_shape}; give data like the training data"
+            f"{config.model.data_shape}; give data like the training data"
         )
     if limit is not None:
         x, labels = x[:limit], labels[:limit] if labels is not None else None
     check_values(x, source, config)
-    if binarized and config.binarization in ("dynamic", "static"):
+    if binarized and config.binarizes:
         x = binarize_fixed(x)
     return x, labels, source
 

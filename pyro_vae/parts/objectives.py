@@ -34,12 +34,16 @@ class Objective(Part):
     """Base class: a Pyro ELBO estimator, configured by its constructor as Pyro's are.
 
     Capabilities: ``has_kl_term`` (β and KL warm-up reweight a KL term), ``needs_density``
-    (the guide must have a density), ``min_particles``, and :meth:`compiled`.
+    (the guide must have a density), ``min_particles``, ``analytic_kl`` (KL terms in closed
+    form where torch has them), ``data_parallel`` (a differentiable loss that
+    DistributedDataParallel can average), and :meth:`compiled`.
     """
 
     has_kl_term: bool = True
     needs_density: bool = False
     min_particles: tuple[int, str] = (1, "")
+    analytic_kl: bool = False
+    data_parallel: bool = True
 
     def estimator(self, **kwargs) -> ELBO:  # pragma: no cover - abstract
         """The Pyro ELBO, with Pyro's keyword arguments (``num_particles`` …)."""
@@ -67,6 +71,8 @@ class MeanFieldObjective(Objective):
     eq. 7). Not compiled: in pyro 1.9 ``JitTraceMeanField_ELBO`` checks for a cached trace under
     one attribute name and stores it under another, so it traces again on every call."""
 
+    analytic_kl = True
+
     def estimator(self, **kwargs) -> ELBO:
         return TraceMeanField_ELBO(**kwargs)
 
@@ -78,6 +84,7 @@ class IWAEObjective(Objective):
     has_kl_term = False
     needs_density = True
     min_particles = (2, "with one particle is the ordinary ELBO")
+    data_parallel = False  # RenyiELBO has no differentiable_loss in pyro 1.9
 
     def estimator(self, **kwargs) -> ELBO:
         return RenyiELBO(alpha=0.0, **kwargs)

@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 
 from .. import plots
 from ..evaluation import pictures
-from ..config import Config, DataConfig, TrainConfig, section_options
+from ..config import Config, DataConfig, TrainConfig, section_options, section_values
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..io import checkpoint
 from ..io.data import Data, binarize, binarize_fixed, load_data, prepare_data
 from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
+from ..registry import OBJECTIVES
 from . import distributed
 from .optim import JointOptim
 from .signals import StopRequest, stop_on_signals
@@ -176,14 +177,14 @@ class TrainingPlan:
         self.rows: list[dict] = []
         self.first_epoch, self.skipped, self.partial = 1, 0, None
         self.bits = vae.likelihood.discrete and vae.family.has_density
-        if train.elbo == "meanfield":
+        if OBJECTIVES[train.elbo].analytic_kl:
             self._warn_sampled_kl()
 
     def _place(self, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and test data on the device, binarised as the run asks."""
         train_x, test_x = data.train.to(self.device), data.test.to(self.device)
         binarization = self.config.binarization
-        if binarization in ("dynamic", "static"):
+        if self.config.binarizes:
             test_x = binarize_fixed(test_x)
         if binarization == "static":  # one draw of its own, kept for the whole run
             generator = torch.Generator().manual_seed(self.config.train.seed)
@@ -400,9 +401,8 @@ class TrainingPlan:
             plots.save_image_grid(vae.sample(NUM_SAMPLES, mean=True), shape,
                                   run_dir / "samples.png")
         shown = self.data.test.to(self.test_x.device)
-        binarized = self.config.binarization in ("dynamic", "static")
-        grid, per_row = pictures.reconstructions(vae, shown, self.test_x if binarized else None,
-                                                 NUM_RECONSTRUCTIONS)
+        grid, per_row = pictures.reconstructions(
+            vae, shown, self.test_x if self.config.binarizes else None, NUM_RECONSTRUCTIONS)
         plots.save_image_grid(grid, shape, run_dir / "reconstructions.png", nrow=per_row)
 
 
@@ -481,6 +481,9 @@ def fit(
     vae = model if isinstance(model, VAE) else None
     state = None
     if resume is not None:
+        if out is not None or overwrite:
+            raise ConfigError("--resume continues the run in its own folder; drop --out and "
+                              "--overwrite")
         config, out, state = _resume(resume, model, options)
     else:
         config = _run_config(model, options)
@@ -520,15 +523,11 @@ def _run_config(model, options: dict) -> Config:
             raise ConfigError(
                 f"option {foreign[0]!r} describes a built-in model; a VAE you built brings its "
                 "own networks and parts, so give only data and training options")
-        return Config.of(model.describe(), DataConfig(**_pick(options, DataConfig)),
-                         TrainConfig(**_pick(options, TrainConfig)))
+        return Config.of(model.describe(), DataConfig(**section_values(options, DataConfig)),
+                         TrainConfig(**section_values(options, TrainConfig)))
     if model is not None and not isinstance(model, Config):
         raise ConfigError(f"fit takes a Config or a VAE, not {type(model).__name__}")
     return (model or Config()).replace(**options)
-
-
-def _pick(options: dict, section) -> dict:
-    return {k: v for k, v in options.items() if k in section_options(section)}
 
 
 def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
@@ -562,8 +561,9 @@ def _check_cluster(config: Config, cluster, resuming: bool) -> torch.device:
     refusals = [
         (resuming, "resuming a run under torchrun is not supported yet; resume it in one "
                    "process"),
-        (config.train.elbo == "iwae", "--elbo iwae is not supported under torchrun yet (Pyro's "
-         "RenyiELBO has no differentiable loss for DistributedDataParallel); use one process"),
+        (not OBJECTIVES[config.train.elbo].data_parallel,
+         f"--elbo {config.train.elbo} is not supported under torchrun yet (Pyro's estimator has "
+         "no differentiable loss for DistributedDataParallel); use one process"),
         (config.train.jit, "--jit is not supported under torchrun yet; drop --jit"),
         (config.train.checkpoint_every, "--checkpoint-every is not supported under torchrun "
          "yet (runs are saved after every epoch); drop it"),

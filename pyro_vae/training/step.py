@@ -59,7 +59,10 @@ class TrainingStep:
         self.kwargs = regularisers or {}
         self.compiled = self._compiled_elbo = None
         jit = config.train.jit
-        if jit or (jit is None and jit_unsupported(config) is None):
+        # Your own networks are compiled only when asked for: a trace freezes any Python
+        # control flow that depends on the data.
+        automatic = not config.model.user_built and jit_unsupported(config) is None
+        if jit or (jit is None and automatic):
             self._compiled_elbo = build_elbo(config, jit=True)
             self.compiled = SVI(vae.model, vae.guide, optim, self._compiled_elbo)
         self._traced: set[tuple[int, int]] = set()
