@@ -119,8 +119,11 @@ class Option:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         problem = _type_problem(value, self.type)
-        if problem is None and self.check is not None:
-            problem = self.check(value)
+        if self.check is not None:
+            try:  # the check's own words where it has some, also for a value of another type
+                problem = self.check(value) or problem
+            except (TypeError, ValueError, AttributeError):
+                pass  # a check written for the option's type only
         if problem is not None:
             raise ConfigError(f"--{flag} {problem}, got {value!r}")
         return value
