@@ -306,20 +306,16 @@ class Config:
 
     def __init__(self, **options):
         given = {k: v for k, v in options.items() if v is not None}
-        part_flags = part_option_flags()
         unknown = sorted(set(given) - set(section_options(TrainConfig))
-                         - set(section_options(DataConfig)) - set(part_flags) - set(PART_KINDS)
-                         - {"z_dim", "data_shape"})
+                         - set(section_options(DataConfig)) - set(part_option_flags())
+                         - set(PART_KINDS) - {"z_dim", "data_shape"})
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
         self.train = TrainConfig(**section_values(given, TrainConfig))
         self.data = DataConfig(**section_values(given, DataConfig))
         chosen = {kind: given.get(kind, registry.default) for kind, registry in PART_KINDS.items()}
-        for kind, name in chosen.items():
-            PART_KINDS[kind][name]  # noqa: B018  (an unknown name is a ConfigError)
         self.model = ModelConfig(
-            data_shape=given.get("data_shape"),
-            **{k: v for k, v in given.items() if k == "z_dim"},
+            z_dim=given.get("z_dim", ModelConfig.z_dim), data_shape=given.get("data_shape"),
             **{kind: _choose(kind, name, given) for kind, name in chosen.items()})
         _refuse_unused(chosen, given)
         self._check()

@@ -59,8 +59,7 @@ class GaussianFamily(Family):
     The head outputs μ and log σ², so σ = exp(½ log σ²). Reparameterised.
     """
 
-    summary = 'diagonal Gaussian'
-
+    summary = "diagonal Gaussian"
     gaussian = True
 
     def __init__(self, feature_dim: int, z_dim: int):
@@ -94,8 +93,7 @@ class IAFFamily(GaussianFamily):
         K ≥ 1 (``--flows``).
     """
 
-    summary = 'Gaussian + inverse autoregressive flows'
-
+    summary = "Gaussian + inverse autoregressive flows"
     num_flows = Option(int, 2, "Flow layers of the iaf guide and of the flow prior.",
                        positive_int, flag="flows")
     gaussian = False
@@ -132,8 +130,7 @@ class DeltaFamily(Family):
     flat prior (``--prior none``) the plain autoencoder. ``location`` returns (f(x), 0).
     """
 
-    summary = 'point mass: the deterministic autoencoder'
-
+    summary = "point mass: the deterministic autoencoder"
     has_density = False
     point_mass = True
 

@@ -97,8 +97,7 @@ class BernoulliLikelihood(Likelihood):
     be 0/1.
     """
 
-    summary = 'binary data'
-
+    summary = "binary data"
     discrete = True
     binary = True
 
@@ -144,8 +143,7 @@ class NormalLikelihood(_FixedScaleLikelihood):
         c > 0, in the units of the data.
     """
 
-    summary = 'fixed scale'
-
+    summary = "fixed scale"
     family = dist.Normal
 
 
@@ -158,7 +156,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
     (Loaiza-Ganem & Cunningham 2019, eq. 7). Densities can be positive, so −log p can be < 0.
     """
 
-    summary = 'grey levels in [0, 1]'
+    summary = "grey levels in [0, 1]"
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=params.squeeze(-1)).to_event(1)
@@ -181,8 +179,7 @@ class LearnedNormalLikelihood(Likelihood):
         s_min > 0.
     """
 
-    summary = 'learned scale per dimension'
-
+    summary = "learned scale per dimension"
     params_per_dim = 2
     min_scale = Option(float, 0.01, "Floor of the learned scale of normal-learned, against "
                        "collapse.", positive, flag="min-obs-scale")
@@ -209,8 +206,7 @@ class LaplaceLikelihood(_FixedScaleLikelihood):
         c > 0, in the units of the data.
     """
 
-    summary = 'L1 error'
-
+    summary = "L1 error"
     family = dist.Laplace
 
 
@@ -224,8 +220,7 @@ class CategoricalLikelihood(Likelihood):
     as −log p(x) / (D ln 2).
     """
 
-    summary = '256 grey levels'
-
+    summary = "256 grey levels"
     params_per_dim = 256
     discrete = True
 

@@ -100,7 +100,7 @@ class _HiddenLayers(Network):
 class MLP(_HiddenLayers):
     """Fully connected layers of the widths ``hidden``; the decoder mirrors them."""
 
-    summary = 'fully connected'
+    summary = "fully connected"
 
     def encoder(self, data_shape):
         widths = (math.prod(data_shape), *self.hidden)
@@ -116,7 +116,7 @@ class MLP(_HiddenLayers):
 class Conv(_HiddenLayers):
     """Two stride-2 convolutions and a dense layer of width ``hidden[-1]``, mirrored."""
 
-    summary = 'images with sides divisible by 4'
+    summary = "images with sides divisible by 4"
 
     def check_data_shape(self, data_shape):
         if len(data_shape) != 2 or data_shape[0] % 4 or data_shape[1] % 4:
@@ -160,7 +160,7 @@ class Conv(_HiddenLayers):
 class Linear(Network):
     """One affine map each way: the encoder is the identity, the family's head the map x ↦ z."""
 
-    summary = 'one affine map each way; with a normal likelihood, probabilistic PCA'
+    summary = "one affine map each way; with a normal likelihood, probabilistic PCA"
 
     def encoder(self, data_shape):
         return nn.Identity(), math.prod(data_shape)

@@ -59,7 +59,7 @@ class StandardNormalPrior(Prior):
     log p(z) = −½‖z‖² − (d/2) log 2π, in nats.
     """
 
-    summary = 'N(0, I)'
+    summary = "N(0, I)"
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Normal(self._zeros, self._ones).to_event(1)
@@ -81,8 +81,7 @@ class LaplacePrior(Prior):
         b > 0.
     """
 
-    summary = 'sparsity prior'
-
+    summary = "sparsity prior"
     scale = Option(float, 1.0, "Scale b of the laplace prior (λ = 1/b).", positive,
                    flag="prior-scale")
 
@@ -108,8 +107,7 @@ class StudentTPrior(Prior):
         Degrees of freedom ν > 0.
     """
 
-    summary = 'heavy tails'
-
+    summary = "heavy tails"
     df = Option(float, 3.0, "Degrees of freedom ν of the studentt prior.", positive,
                 flag="prior-df")
 
@@ -137,8 +135,7 @@ class MixturePrior(Prior):
         K ≥ 1.
     """
 
-    summary = 'learned mixture of Gaussians'
-
+    summary = "learned mixture of Gaussians"
     components = Option(int, 50, "Components K of the mog prior, pseudo-inputs of the vamp "
                         "prior.", positive_int, flag="prior-components")
     learnable = True
@@ -171,8 +168,7 @@ class VampPrior(Prior):
         K ≥ 1.
     """
 
-    summary = 'VampPrior'
-
+    summary = "VampPrior"
     components = MixturePrior.components
     learnable = True
     needs_encoder = True
@@ -211,8 +207,7 @@ class FlowPrior(Prior):
         K ≥ 1.
     """
 
-    summary = 'masked autoregressive flow'
-
+    summary = "masked autoregressive flow"
     num_flows = Option(int, 2, "Flow layers of the iaf guide and of the flow prior.",
                        positive_int, flag="flows")
     learnable = True
@@ -238,8 +233,7 @@ class FlatPrior(Prior):
     It cannot be sampled, so models with it cannot generate new data.
     """
 
-    summary = 'flat; with --guide delta only'
-
+    summary = "flat; with --guide delta only"
     proper = False
 
     def forward(self) -> dist.TorchDistribution:
