@@ -122,6 +122,8 @@ class Option:
         if self.check is not None:
             try:  # the check's own words where it has some, also for a value of another type
                 problem = self.check(value) or problem
+            except ConfigError:
+                raise  # a check that words its own refusal
             except (TypeError, ValueError, AttributeError):
                 pass  # a check written for the option's type only
         if problem is not None:
