@@ -592,6 +592,7 @@ def test_a_signal_saves_the_run_and_resuming_matches_an_uninterrupted_run(
         assert float(a["train_neg_elbo"]) == pytest.approx(b["train_neg_elbo"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_always_leaves_a_loadable_run(fmnist_npz, tmp_path):
     """20 kills at random moments, checkpoint writes included: the survivor always loads and
     resumes. Each round resumes the run the previous kill left."""

@@ -1,5 +1,6 @@
 """The scripted examples learn what they claim, on real Fashion-MNIST."""
 
+import json
 import re
 import subprocess
 import sys
@@ -44,3 +45,13 @@ def test_denoising_autoencoder_restores_masked_images_better(tmp_path):
 def test_linear_gaussian_vae_spans_the_pca_subspace_of_fashion_mnist():
     out = _run("linear_pca.py")
     assert float(re.search(r"largest: ([\d.]+)°", out).group(1)) < 5.0, out
+
+
+def test_custom_parts_example_trains_reloads_and_registers(tmp_path):
+    out = _run("custom_parts.py", "--epochs", 1, "--limit", 3000, "--out", tmp_path)
+    own = re.search(r"own networks and prior: test -ELBO ([\d.]+) .* reloaded NLL ([\d.]+)", out)
+    assert own and float(own.group(2)) <= float(own.group(1)) + 5 < 400, out
+    assert "registered cauchy prior (width 0.5)" in out, out
+    # The run names the registered prior and its option; the example's process reloaded it.
+    stored = json.loads((tmp_path / "cauchy" / "config.json").read_text())
+    assert stored["model"]["prior"] == {"name": "cauchy", "width": 0.5}
