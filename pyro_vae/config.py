@@ -92,6 +92,7 @@ class PartChoice:
         return self.cls(*args, **context, **self.options)
 
     def to_dict(self) -> dict:
+        """The JSON table of ``config.json``: the name and every option's value."""
         return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v
                                       for k, v in self.options.items()}}
 
@@ -168,6 +169,7 @@ class ModelConfig:
                 raise ConfigError(problem)
 
     def to_dict(self) -> dict:
+        """The ``model`` table of ``config.json`` (format 2)."""
         body = {"z_dim": self.z_dim, "data_shape": list(self.data_shape or []) or None}
         if self.user_built:
             body["user_built"] = True
