@@ -211,8 +211,9 @@ class Registry:
         Raises
         ------
         ConfigError
-            If ``cls`` is not a :class:`Part` or declares something other than Options as
-            option defaults.
+            If ``cls`` is not a subclass of :class:`Part`. (Option flags that collide with the
+            configuration's own options are refused when a config is built, by
+            :func:`pyro_vae.config.part_option_flags`.)
         """
 
         def decorate(cls: type) -> type:

@@ -11,6 +11,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CheckpointError
 
 
@@ -55,8 +57,6 @@ def save_arrays(path: str | os.PathLike, **arrays) -> None:
     CheckpointError
         If the file cannot be written.
     """
-    import numpy as np
-
     buffer = io.BytesIO()
     if str(path).lower().endswith(".npy"):
         (array,) = arrays.values()
