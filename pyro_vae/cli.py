@@ -1,9 +1,10 @@
 """The ``pyro-vae`` command line (click): each command parses, calls the package, prints.
 
-This module imports neither torch nor Pyro: ``pyro-vae --help`` and the group's usage errors
-answer at once. ``fit``'s options are derived from the part and configuration declarations
-(:mod:`pyro_vae.registry`, :mod:`pyro_vae.config`) when ``fit`` is asked for; the other
-commands import the package when they run.
+This module imports neither torch nor Pyro: ``pyro-vae --help``, every command's ``--help``
+and usage errors answer at once. ``fit``'s options are derived from the part and configuration
+declarations (:mod:`pyro_vae.registry`, :mod:`pyro_vae.config`) and read, without torch, from
+``fit_options.json`` (:mod:`pyro_vae.catalogue`); the commands import the package when they
+run.
 """
 
 from __future__ import annotations
@@ -63,45 +64,24 @@ class _FitCommand(_Command):
 
 
 def _declared_options() -> list[click.Option]:
-    """Click options for every configuration option and part option, from their declarations."""
-    from .config import (PART_KINDS, DataConfig, ModelConfig, TrainConfig, part_option_flags,
-                         section_options)
+    """Click options for every configuration option and part option, from their declarations
+    as written to ``fit_options.json`` (:mod:`pyro_vae.catalogue`, no torch)."""
+    from .catalogue import specs
 
-    options = [_click_option(n, o, o.default) for n, o in section_options(DataConfig).items()]
-    for kind, registry in PART_KINDS.items():
-        text = {"arch": "Encoder and decoder networks.", "prior": "The prior p(z).",
-                "likelihood": "The likelihood p(x|z).",
-                "guide": "The variational family q(z|x) of the guide."}[kind]
-        text += " " + ", ".join(f"{n} ({c.summary})" if c.summary else n
-                                for n, c in registry.parts.items()) + "."
-        options.append(click.Option([f"--{kind}"], type=click.Choice(registry.names()),
-                                    default=registry.default, show_default=True, help=text))
-    for flat, declared in part_option_flags().items():
-        first = declared[0][0].options()[declared[0][1]]
-        groups: dict[str, dict[str, list[str]]] = {}
-        for cls, attribute in declared:
-            value = cls.options()[attribute].default
-            shown = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            groups.setdefault(shown, {}).setdefault(cls.kind, []).append(cls.name)
-        defaults = "; ".join(f"{shown} for " + " and ".join(
-            f"--{kind} {' or '.join(names)}" for kind, names in users.items())
-            for shown, users in groups.items())
-        options.append(_click_option(flat, first, None, f"[default: {defaults}]"))
-    z_dim = section_options(ModelConfig)["z_dim"]
-    options.append(_click_option("z_dim", z_dim, z_dim.default))
-    options += [_click_option(n, o, o.default) for n, o in section_options(TrainConfig).items()]
-    return options
+    return [_click_option(spec) for spec in specs()]
 
 
-def _click_option(name: str, declared, default, default_text: str = "") -> click.Option:
-    flag = declared.flag or name.replace("_", "-")
-    allowed = declared.allowed()
-    kind = click.Choice(allowed) if allowed else (
-        None if declared.type is bool else declared.type)
+_CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": None}
+
+
+def _click_option(spec: dict) -> click.Option:
+    kind = click.Choice(spec["choices"]) if spec["choices"] else _CLICK_TYPES[spec["type"]]
+    default = spec["default"]
     return click.Option(
-        [f"--{flag}", name], type=kind, default=default, multiple=declared.multiple,
-        show_default=default is not None and not declared.multiple, metavar=declared.metavar,
-        help=f"{declared.help} {default_text}".strip())
+        [f"--{spec['flag']}", spec["name"]], type=kind,
+        default=tuple(default) if isinstance(default, list) else default,
+        multiple=spec["multiple"], show_default=spec["show_default"], metavar=spec["metavar"],
+        help=spec["help"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
