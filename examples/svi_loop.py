@@ -26,10 +26,12 @@ args = parser.parse_args()
 
 config = pyro_vae.Config(z_dim=20, hidden=(400,), epochs=args.epochs, limit=args.limit)
 data = pyro_vae.load_data(config)  # grey levels in [0, 1], (N, 784)
-config = config.replace(data_shape=data.data_shape)
+# The data shape, and the defaults that the data decide (learning rate, epochs) where unset.
+config = config.for_data(data.data_shape, data.train.shape[0])
 
 pyro.set_rng_seed(config.seed)
 vae = pyro_vae.VAE.from_config(config)
+vae.adapt(data.train)  # data-dependent start (standardisation, count offsets), as fit does
 svi = SVI(vae.model, vae.guide, Adam({"lr": config.lr}), Trace_ELBO())
 test = binarize_fixed(data.test)  # the same binary test set in every run
 

@@ -66,8 +66,7 @@ def derive() -> list[dict[str, Any]]:
             f"--{kind} {' or '.join(names)}" for kind, names in users.items())
             for shown, users in groups.items())
         specs.append(_spec(flat, first, None, f"[default: {defaults}]"))
-    z_dim = section_options(ModelConfig)["z_dim"]
-    specs.append(_spec("z_dim", z_dim, z_dim.default))
+    specs += [_spec(n, o, o.default) for n, o in section_options(ModelConfig).items()]
     specs += [_spec(n, o, o.default) for n, o in section_options(TrainConfig).items()]
     return specs
 

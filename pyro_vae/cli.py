@@ -81,7 +81,7 @@ def _click_option(spec: dict) -> click.Option:
         [f"--{spec['flag']}", spec["name"]], type=kind,
         default=tuple(default) if isinstance(default, list) else default,
         multiple=spec["multiple"], show_default=spec["show_default"], metavar=spec["metavar"],
-        help=spec["help"])
+        is_flag=True if spec["type"] == "bool" else None, help=spec["help"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

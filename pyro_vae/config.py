@@ -112,6 +112,12 @@ class ModelConfig:
     """
 
     z_dim: int = option(int, 20, "Latent dimension.", positive_int)
+    standardize: bool | None = option(
+        bool, None, "Standardise each feature to mean 0, scale 1 inside the model (encoder input "
+        "and likelihood; samples, reconstructions and every log-likelihood stay in the data's "
+        "own units). Default: for vectors and tables scored by a likelihood that learns its "
+        "scale (normal-learned).",
+        flag="standardize/--no-standardize")
     data_shape: tuple[int, ...] | None = None
     arch: PartChoice | None = None
     prior: PartChoice | None = None
@@ -120,6 +126,9 @@ class ModelConfig:
     user_built: bool = False
 
     def __post_init__(self) -> None:
+        if self.standardize is not None and not isinstance(self.standardize, bool):
+            raise ConfigError(f"standardize must be true, false or null (automatic), got "
+                              f"{self.standardize!r}")
         _validate_fields(self)
         if self.data_shape is not None:
             shape = tuple(self.data_shape) if isinstance(self.data_shape, (list, tuple)) else ()
@@ -139,8 +148,30 @@ class ModelConfig:
             raise ConfigError("data_shape is unknown until the data are loaded")
         return math.prod(self.data_shape)
 
+    @property
+    def standardizes(self) -> bool:
+        """Whether the model standardises its data: ``standardize``, or when that is None
+        (automatic), for (N, D) data scored by a likelihood over the real line that learns its
+        scale (a fixed ``--obs-scale`` keeps its meaning in data units)."""
+        if self.standardize is not None:
+            return self.standardize
+        return (self.data_shape is not None and len(self.data_shape) == 1
+                and self.likelihood.cls.real_line and self.likelihood.cls.learns_scale)
+
+    @property
+    def real_vectors(self) -> bool:
+        """Whether the data are (N, D) vectors scored by a likelihood over the real line: they
+        train with the defaults for real-valued data (:meth:`TrainConfig.for_data`)."""
+        return (self.data_shape is not None and len(self.data_shape) == 1
+                and self.likelihood.cls.real_line)
+
     def check(self) -> None:
         """Refuse parts that do not work together, saying why (rules over capabilities)."""
+        if self.standardize and not self.likelihood.cls.real_line:
+            raise ConfigError(
+                f"--standardize maps the data to the real line, which the "
+                f"{self.likelihood.name!r} likelihood does not score; drop --standardize or use "
+                f"--likelihood {_names(LIKELIHOODS, 'real_line')}")
         if self.user_built:
             return
         prior, family = self.prior.cls, self.guide.cls
@@ -170,7 +201,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """The ``model`` table of ``config.json`` (format 2)."""
-        body = {"z_dim": self.z_dim, "data_shape": list(self.data_shape or []) or None}
+        body = {**{name: getattr(self, name) for name in section_options(ModelConfig)},
+                "data_shape": list(self.data_shape or []) or None}
         if self.user_built:
             body["user_built"] = True
         for kind in PART_KINDS:
@@ -189,20 +221,32 @@ class DataConfig:
     """Where the data come from and how grey levels are binarised."""
 
     dataset: str = option(
-        str, "fashion-mnist", "fashion-mnist, mnist, kmnist, or a .npy/.npz file of (N, H, W) or "
-        "(N, D) data (uint8 0-255 or floats); a .npz holds x_train and optional x_test.")
+        str, "fashion-mnist", "fashion-mnist, mnist, kmnist, a .npy/.npz file of (N, H, W) or "
+        "(N, D) data (uint8 0-255, floats, or counts for a count likelihood; a .npz holds "
+        "x_train and optional x_test), or a .csv/.parquet table whose numeric columns are the "
+        "features.")
     test_dataset: str | None = option(
-        str, None, "Separate test file (.npy, or .npz with x_test). Default: the dataset's test "
-        "split, else a seeded 10% hold-out.")
+        str, None, "Separate test file (.npy, .npz with x_test, .csv or .parquet). Default: the "
+        "dataset's test split, else a seeded 10% hold-out.")
     data_dir: str | None = option(
         str, None, "Folder searched first for named datasets and used for downloads.")
     limit: int | None = option(int, None, "Use only the first N training images.", positive_int)
     binarize: str | None = option(
         str, None, "Bernoulli likelihood only: dynamic (fresh draw of each grey level every "
         "epoch; default), static (once), none (data already 0/1).", choices=BINARIZE_MODES)
+    label_column: str | None = option(
+        str, None, "Tables: the column of class labels, taken out of the features (for latent "
+        "maps and encodings).", metavar="NAME")
+    drop_non_numeric: bool = option(
+        bool, False, "Tables: drop columns that are not numbers instead of refusing the table.")
 
     def __post_init__(self) -> None:
         _validate_fields(self)
+        table = str(self.dataset).lower().endswith((".csv", ".parquet"))
+        for name in ("label_column", "drop_non_numeric"):
+            if getattr(self, name) and not table:
+                raise ConfigError(f"--{name.replace('_', '-')} applies to tables (.csv, "
+                                  ".parquet) only; drop it")
 
 
 @dataclass(frozen=True)
@@ -218,7 +262,8 @@ class TrainConfig:
                             "β.", _count_of("epochs"))
     corrupt: str | None = option(
         str, None, "Denoising: feed the guide a corrupted x̃ (Gaussian noise, or each pixel "
-        "zeroed with probability p) while the likelihood scores the clean x.", _corruption,
+        "zeroed with probability p, on what the encoder reads) while the likelihood scores the "
+        "clean x.", _corruption,
         metavar="gaussian:σ|mask:p")
     contractive: float = option(float, 0.0, "λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on "
                                 "the encoder.", _non_negative)
@@ -231,9 +276,12 @@ class TrainConfig:
     checkpoint_every: int | None = option(
         int, None, "Also save the training state every STEPS steps, not only after each epoch.",
         positive_int, metavar="STEPS")
-    epochs: int = option(int, 10, "Training epochs.", positive_int)
+    epochs: int | None = option(
+        int, None, "Training epochs. Default: 10; for real-valued vectors and tables, enough "
+        "for about 3000 SVI steps (10 to 400).", positive_int)
     batch_size: int = option(int, 128, "Images per SVI step.", positive_int)
-    lr: float = option(float, 1e-3, "Adam learning rate.", positive)
+    lr: float | None = option(float, None, "Adam learning rate. Default: 1e-3; 1e-2 for "
+                              "real-valued vectors and tables.", positive)
     seed: int = option(int, 0, "Random seed; runs on CPU are reproducible.", _seed)
     device: str = option(str, "auto", "Where parameters and data live.", choices=DEVICES)
     jit: bool | None = option(
@@ -245,6 +293,24 @@ class TrainConfig:
             raise ConfigError(f"jit must be true, false or null (automatic), got {self.jit!r}")
         _validate_fields(self)
 
+    def for_data(self, real_vectors: bool, train_size: int) -> dict:
+        """The defaults that depend on the data, for the options left unset (None).
+
+        Images: 10 epochs at learning rate 1e-3. Real-valued vectors and tables
+        (``real_vectors``) are often small, and their log-scale parameters (posterior and
+        noise variances) must travel far: Adam moves a parameter by about the learning rate
+        per step, so they train at 1e-2 for about 3000 steps (``train_size`` points in batches
+        of ``batch_size``), 10 to 400 epochs. Returns the changes as flat options.
+        """
+        changes = {}
+        if self.lr is None:
+            changes["lr"] = 1e-2 if real_vectors else 1e-3
+        if self.epochs is None:
+            steps = max(1, math.ceil(train_size / self.batch_size))
+            changes["epochs"] = (min(400, max(10, math.ceil(3000 / steps))) if real_vectors
+                                 else 10)
+        return changes
+
 
 def part_option_flags() -> dict[str, list[tuple[type, str]]]:
     """Flat option name (``prior_df``) → the (part class, attribute) pairs that declare it.
@@ -255,7 +321,7 @@ def part_option_flags() -> dict[str, list[tuple[type, str]]]:
         If a part's option takes the name of an option of the configuration sections.
     """
     taken = {*section_options(DataConfig), *section_options(TrainConfig), *PART_KINDS,
-             "z_dim", "data_shape"}
+             *section_options(ModelConfig), "data_shape"}
     flags: dict[str, list[tuple[type, str]]] = {}
     for registry in PART_KINDS.values():
         for cls in registry.parts.values():
@@ -310,14 +376,15 @@ class Config:
         given = {k: v for k, v in options.items() if v is not None}
         unknown = sorted(set(given) - set(section_options(TrainConfig))
                          - set(section_options(DataConfig)) - set(part_option_flags())
-                         - set(PART_KINDS) - {"z_dim", "data_shape"})
+                         - set(PART_KINDS) - set(section_options(ModelConfig))
+                         - {"data_shape"})
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
         self.train = TrainConfig(**section_values(given, TrainConfig))
         self.data = DataConfig(**section_values(given, DataConfig))
         chosen = {kind: given.get(kind, registry.default) for kind, registry in PART_KINDS.items()}
         self.model = ModelConfig(
-            z_dim=given.get("z_dim", ModelConfig.z_dim), data_shape=given.get("data_shape"),
+            **section_values(given, ModelConfig), data_shape=given.get("data_shape"),
             **{kind: _choose(kind, name, given) for kind, name in chosen.items()})
         _refuse_unused(chosen, given)
         self._check()
@@ -338,7 +405,9 @@ class Config:
         the data shape, the chosen parts and their options that differ from the defaults."""
         flat = {**{k: v for k, v in dataclasses.asdict(self.data).items() if v is not None},
                 **{k: v for k, v in dataclasses.asdict(self.train).items() if v is not None},
-                "z_dim": self.model.z_dim, "data_shape": self.model.data_shape}
+                **{k: getattr(self.model, k) for k in section_options(ModelConfig)
+                   if getattr(self.model, k) is not None},
+                "data_shape": self.model.data_shape}
         for kind in PART_KINDS:
             choice = getattr(self.model, kind)
             if choice is None:
@@ -427,12 +496,29 @@ class Config:
         model_changes = {k: v for k, v in changes.items()
                          if k not in section_options(DataConfig)
                          and k not in section_options(TrainConfig)}
-        if set(model_changes) - {"z_dim", "data_shape"}:
+        if set(model_changes) - {*section_options(ModelConfig), "data_shape"}:
             raise ConfigError(f"option {sorted(model_changes)[0]!r} describes a built-in model; "
                               "a VAE you built brings its own networks and parts")
         return Config.of(dataclasses.replace(self.model, **model_changes),
                          dataclasses.replace(self.data, **section_values(changes, DataConfig)),
                          dataclasses.replace(self.train, **section_values(changes, TrainConfig)))
+
+    def for_data(self, data_shape: tuple[int, ...], train_size: int) -> "Config":
+        """This config completed by its data, as :func:`pyro_vae.fit` completes it: the shape
+        of one data point, and where left unset (None) the values the data decide: whether the
+        model standardises (:attr:`ModelConfig.standardizes`), the learning rate and the epochs
+        (:meth:`TrainConfig.for_data`, from the ``train_size`` training points).
+
+        Raises
+        ------
+        ConfigError
+            If the data shape does not suit the model (e.g. ``--arch conv``).
+        """
+        config = self.replace(data_shape=tuple(data_shape))
+        changes = config.train.for_data(config.model.real_vectors, train_size)
+        if config.model.standardize is None and not config.model.user_built:
+            changes["standardize"] = config.model.standardizes
+        return config.replace(**changes) if changes else config
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
@@ -499,7 +585,7 @@ def _from_v1(body: object) -> Config:
         raise CheckpointError("config.json lacks data_shape; the file is damaged, retrain")
     if not isinstance(body.get("hidden", []), list):
         raise CheckpointError("config.json: 'hidden' must be a list of layer widths")
-    options = dict(body)
+    options = {**body, "standardize": False}  # format 1 did not standardise
     if options.get("arch") == "linear":  # format 1 stored the unused defaults of linear nets
         options.pop("hidden", None), options.pop("activation", None)
     return Config(**options)
@@ -523,7 +609,7 @@ def _part_from_dict(kind: str, body: object) -> PartChoice | None:
     return PartChoice(kind, body["name"], cls.resolve(options))
 
 
-_V2_KEYS = {"model": {"z_dim", "data_shape", "user_built", *PART_KINDS},
+_V2_KEYS = {"model": {*section_options(ModelConfig), "data_shape", "user_built", *PART_KINDS},
             "data": set(section_options(DataConfig)), "training": set(section_options(TrainConfig))}
 
 
@@ -536,7 +622,9 @@ def _from_v2(payload: dict, model_only: bool) -> Config:
     body = payload.get("model")
     if not isinstance(body, dict) or body.get("data_shape") is None:
         raise CheckpointError("config.json lacks model.data_shape; the file is damaged, retrain")
-    model = ModelConfig(z_dim=body.get("z_dim"), data_shape=body["data_shape"],
+    # Runs written before --standardize existed did not standardise.
+    own = {"standardize": False, **section_values(body, ModelConfig)}
+    model = ModelConfig(**own, data_shape=body["data_shape"],
                         user_built=bool(body.get("user_built", False)),
                         **{kind: _part_from_dict(kind, body.get(kind)) for kind in PART_KINDS})
     model.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -17,6 +18,7 @@ from .errors import ConfigError
 from .parts.families import EncoderFamily, Family
 from .parts.likelihoods import Likelihood
 from .parts.priors import DistributionPrior, Prior
+from .parts.scaling import Standardize
 from .registry import LIKELIHOODS
 
 _instances = itertools.count()
@@ -62,6 +64,11 @@ class VAE(nn.Module):
         The variational family q(z|x) (``--guide``); see ``encoder``.
     data_shape : tuple of int, optional
         Shape of one data point, e.g. (28, 28); set by :func:`pyro_vae.fit` from the data.
+    standardize : bool
+        Standardise each feature inside the model (:class:`~pyro_vae.parts.scaling.Standardize`):
+        the encoder reads (x − m)/s and p(x|z) is pushed through x = m + s·x', so every
+        log-likelihood stays in data units. m and s are set from the training data by
+        :meth:`adapt`.
 
     Raises
     ------
@@ -70,7 +77,8 @@ class VAE(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior, likelihood="bernoulli",
-                 family: Family | None = None, *, data_shape: tuple[int, ...] | None = None):
+                 family: Family | None = None, *, data_shape: tuple[int, ...] | None = None,
+                 standardize: bool = False):
         super().__init__()
         prior = prior if isinstance(prior, Prior) else DistributionPrior(prior)
         self.encoder = encoder
@@ -78,11 +86,37 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.prior = prior
         self.likelihood = _likelihood(likelihood)
-        self.data_shape = tuple(data_shape) if data_shape is not None else None
+        self.standardize = bool(standardize)
+        self.scaling: Standardize | None = None
+        self.data_shape: tuple[int, ...] | None = None
+        if data_shape is not None:
+            self.set_data_shape(data_shape)
         self.config: ModelConfig | None = None
         self.name = f"vae{next(_instances)}"
-        if prior.needs_encoder:
-            prior.use_encoder(self._gaussian)
+        self.adapted = False
+        if prior.needs_encoder:  # pseudo-inputs live where the encoder reads (after scaling)
+            prior.use_encoder(self._gaussian_of_input)
+
+    def set_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        """Fix the shape of one data point, creating what has one entry per feature (the
+        likelihood's per-feature parameters, the standardisation)."""
+        self.data_shape = tuple(data_shape)
+        input_dim = math.prod(self.data_shape)
+        self.likelihood.prepare(input_dim)
+        if self.standardize:
+            self.scaling = Standardize(input_dim)
+
+    @torch.no_grad()
+    def adapt(self, x: torch.Tensor) -> None:
+        """Initialise from the training data ``x`` (N, D) before a new run trains: the
+        standardisation's mean and scale, the likelihood's data-dependent start (the count
+        likelihoods' mean library size and output offset). :func:`pyro_vae.fit` calls it for
+        a model that has not been adapted (not on resume, nor for a loaded model); call it
+        yourself before your own SVI loop."""
+        if self.scaling is not None:
+            self.scaling.adapt(x)
+        self.likelihood.adapt(x)
+        self.adapted = True
 
     @classmethod
     def from_config(cls, config: Config | ModelConfig) -> "VAE":
@@ -106,7 +140,8 @@ class VAE(nn.Module):
         family = config.guide.build(features, config.z_dim)
         decoder = network.decoder(config.z_dim, shape, likelihood.params_per_dim)
         prior = config.prior.build(z_dim=config.z_dim, input_dim=config.input_dim)
-        vae = cls(encoder, decoder, prior, likelihood, family, data_shape=shape)
+        vae = cls(encoder, decoder, prior, likelihood, family, data_shape=shape,
+                  standardize=config.standardizes)
         vae.config = config
         return vae
 
@@ -127,6 +162,7 @@ class VAE(nn.Module):
                               "with pyro_vae.register_likelihood('name') to save the model")
         options = {a: getattr(self.likelihood, a) for a in cls.options()}
         return ModelConfig(z_dim=self.z_dim, data_shape=self.data_shape, user_built=True,
+                           standardize=self.standardize,
                            likelihood=PartChoice("likelihood", cls.name, options))
 
     @property
@@ -149,6 +185,7 @@ class VAE(nn.Module):
         """
         pyro.module(f"{self.name}.decoder", self.decoder)
         pyro.module(f"{self.name}.prior", self.prior)
+        pyro.module(f"{self.name}.likelihood", self.likelihood)  # e.g. a learned dispersion
         size = x.shape[0] if x is not None else num
         with pyro.plate("data", size):
             with _scaled(kl_weight):
@@ -157,29 +194,49 @@ class VAE(nn.Module):
                 penalty = contractive_penalty(self.code, x)
                 pyro.factor("contractive", -contractive * penalty, has_rsample=True)
             obs = self.likelihood.to_obs(x) if x is not None else None
-            return pyro.sample("x", self.likelihood(self.decoder_params(z)), obs=obs)
+            return pyro.sample("x", self.observation(self.decoder_params(z), x), obs=obs)
+
+    def observation(self, params: torch.Tensor, x: torch.Tensor | None = None):
+        """p(x|z) in data units from the decoder output ``params`` (batch, D, k); ``x`` is the
+        observed batch (batch, D) for likelihoods that read covariates from it (library size),
+        None when sampling."""
+        if self.likelihood.reads_observation:
+            px = self.likelihood(params, x=x)
+        else:
+            px = self.likelihood(params)
+        return self.scaling.push(px) if self.scaling is not None else px
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads from data ``x`` (batch, D): the likelihood's
+        :meth:`~pyro_vae.parts.likelihoods.Likelihood.encoder_input` (log(1 + x) for counts),
+        then the standardisation."""
+        x = self.likelihood.encoder_input(x)
+        return self.scaling(x) if self.scaling is not None else x
 
     def guide(self, x: torch.Tensor, kl_weight=None, *, num: int | None = None,
               contractive: float = 0.0, corruption=None) -> torch.Tensor:
         """q(z|x) for a batch ``x`` of shape (batch, D); returns z of shape (batch, z_dim).
 
         ``corruption`` (a callable, e.g. :class:`~pyro_vae.parts.corruption.MaskCorruption`)
-        makes the guide encode x̃ ~ C(x̃|x): the denoising autoencoder.
+        makes the guide encode x̃ ~ C(x̃|x): the denoising autoencoder. It acts on what the
+        encoder reads (:meth:`encoder_input`: standardised features, log(1 + counts)), so
+        noise is in those units and a masked feature reads as its mean (or zero counts).
         """
         pyro.module(f"{self.name}.encoder", self.encoder)
         pyro.module(f"{self.name}.family", self.family)
+        seen = self.encoder_input(x)
         if corruption is not None:
-            x = corruption(x)
+            seen = corruption(seen)
         with pyro.plate("data", x.shape[0]), _scaled(kl_weight):
-            return pyro.sample("z", self.posterior(x))
+            return pyro.sample("z", self.family(self.encoder(seen)))
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         """q(z|x): ``x`` (batch, D) → a distribution with batch (batch,), event (z_dim,)."""
-        return self.family(self.encoder(x))
+        return self.family(self.encoder(self.encoder_input(x)))
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         """The location of q(z|x), differentiable: (batch, D) → (batch, z_dim)."""
-        return self.family.location(self.encoder(x))[0]
+        return self.family.location(self.encoder(self.encoder_input(x)))[0]
 
     def decoder_params(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's parameters: ``z`` (..., z_dim) → (..., D, k)."""
@@ -187,7 +244,17 @@ class VAE(nn.Module):
         return out.reshape(*z.shape[:-1], -1, self.likelihood.params_per_dim)
 
     def _gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.family.location(self.encoder(x))
+        return self._gaussian_of_input(self.encoder_input(x))
+
+    def _gaussian_of_input(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.family.location(self.encoder(seen))
+
+    def _mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        if self.likelihood.reads_observation:
+            mean = self.likelihood.mean(params, x=x)
+        else:
+            mean = self.likelihood.mean(params)
+        return self.scaling.inverse(mean) if self.scaling is not None else mean
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,12 +268,12 @@ class VAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) in data units: ``z`` (batch, z_dim) → (batch, D)."""
-        return self.likelihood.mean(self.decoder_params(z))
+        return self._mean(self.decoder_params(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | z = location of q(z|x)): ``x`` (batch, D) → (batch, D)."""
-        return self.decode(self.encode(x)[0])
+        return self._mean(self.decoder_params(self.encode(x)[0]), x)
 
     @torch.no_grad()
     def sample(self, num: int, mean: bool = False) -> torch.Tensor:

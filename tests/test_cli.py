@@ -112,13 +112,15 @@ def _bad_files(tmp_path, fmnist_npz):
     np.savez(tmp_path / "nokey.npz", images=rng.random((300, 28, 28)))
     np.save(tmp_path / "testshape.npy", rng.integers(0, 256, (50, 14, 14), dtype=np.uint8))
     (tmp_path / "data.csv").write_text("1,2,3\n")
+    (tmp_path / "data.txt").write_text("1,2,3\n")
     return tmp_path
 
 
 BAD_FIT = [
     (["--dataset", "cifar-11"], "unknown dataset"),
     (["--dataset", "{d}/missing.npz"], "does not exist"),
-    (["--dataset", "{d}/data.csv"], "neither .npy nor .npz"),
+    (["--dataset", "{d}/data.txt"], "is not .npy, .npz, .csv or .parquet"),
+    (["--dataset", "{d}/data.csv"], "has no rows"),
     (["--dataset", "{d}/garbage.npy"], "cannot read"),
     (["--dataset", "{d}/garbage.npz"], "cannot read"),
     (["--dataset", "{d}/flat.npy"], "expected (N, H, W)"),

@@ -60,7 +60,7 @@ def test_user_model_trains_every_parameter_resumes_reloads_and_evaluates(fmnist_
     assert rows[-1]["test_neg_elbo"] < rows[0]["test_neg_elbo"] < 550
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert stored["model"] == {"z_dim": 4, "data_shape": [28, 28], "user_built": True,
-                               "likelihood": {"name": "bernoulli"}}
+                               "standardize": False, "likelihood": {"name": "bernoulli"}}
     for name in ("model.safetensors", "metrics.csv", "samples.png", "reconstructions.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0
 

@@ -89,9 +89,9 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceD
 
     def per_batch(xb):
         _, log_lik, z = log_importance_weights(vae, xb, draws)  # (S, B), (S, B, z_dim)
-        predicted = vae.likelihood(vae.decoder_params(z)).sample()  # (S, B, D)
+        predicted = vae.observation(vae.decoder_params(z), xb).sample()  # (S, B, D), data units
         if vae.likelihood.discrete:
-            predicted = predicted.to(torch.uint8)
+            predicted = predicted.to(torch.int64 if vae.likelihood.counts else torch.uint8)
         return log_lik, z, predicted
 
     log_lik, z, predicted = _batched(per_batch, x, dim=1)

@@ -97,6 +97,13 @@ def manifold_grid(vae, side: int = 15) -> torch.Tensor:
     return vae.decode(grid.reshape(-1, 2))
 
 
+def save_grid(vae: VAE, images: torch.Tensor, shape: tuple[int, ...], out, nrow: int = 8
+              ) -> None:
+    """:func:`pyro_vae.plots.save_image_grid` of (N, D) data in ``vae``'s units, shown so that
+    the likelihood's ``picture_max`` (1 for grey levels, n for binomial counts) is white."""
+    plots.save_image_grid(images / vae.likelihood.picture_max, shape, out, nrow=nrow)
+
+
 def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
          mean: bool = False, images: torch.Tensor | None = None,
          seen: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -127,7 +134,7 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
     if mode == "prior":
         return _draw_prior(vae, out, num, nrow, mean)
     if mode == "manifold":
-        plots.save_image_grid(manifold_grid(vae, num), shape, out, nrow=num)
+        save_grid(vae, manifold_grid(vae, num), shape, out, nrow=num)
         return f"wrote the decoded {num}×{num} grid over the prior's quantiles to {out}"
     seen = images if seen is None else seen
     if mode == "latents":
@@ -136,7 +143,7 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
         return f"wrote the map of {codes.shape[0]} posterior means to {out}"
     if mode == "reconstruct":
         grid, per_row = reconstructions(vae, images, seen, num, nrow, show_seen=False)
-        plots.save_image_grid(grid, shape, out, nrow=per_row)
+        save_grid(vae, grid, shape, out, nrow=per_row)
         return f"wrote {grid.shape[0] // 2} test images above their reconstructions to {out}"
     if mode == "interpolate":
         pairs = images.shape[0] // 2
@@ -144,10 +151,10 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
             raise ConfigError("--mode interpolate needs at least two images")
         grid = interpolation_grid(vae, seen[:pairs], seen[pairs : 2 * pairs], steps=8,
                                   shown_a=images[:pairs], shown_b=images[pairs : 2 * pairs])
-        plots.save_image_grid(grid, shape, out, nrow=10)
+        save_grid(vae, grid, shape, out, nrow=10)
         return f"wrote interpolations between {pairs} pairs of test images to {out}"
     index = min(num, images.shape[0]) - 1
-    plots.save_image_grid(traversal_grid(vae, seen[index : index + 1]), shape, out, nrow=9)
+    save_grid(vae, traversal_grid(vae, seen[index : index + 1]), shape, out, nrow=9)
     return f"wrote traversals of {vae.z_dim} latent units around test image {index} to {out}"
 
 
@@ -156,7 +163,7 @@ def _draw_prior(vae: VAE, out: str, num: int, nrow: int, mean: bool) -> str:
     if out.lower().endswith(".npy"):
         save_arrays(out, x=x.reshape(num, *vae.data_shape).cpu().numpy())
     else:
-        plots.save_image_grid(x, tuple(vae.data_shape), out, nrow=nrow)
+        save_grid(vae, x, tuple(vae.data_shape), out, nrow=nrow)
     kind = "means of p(x|z)" if mean else "draws x ~ p(x|z)"
     return f"wrote {num} {kind} to {out}"
 

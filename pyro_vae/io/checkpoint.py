@@ -203,9 +203,10 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
             "retrain or restore the file"
         ) from None
     vae = model if model is not None else build_model(config)
+    if vae.data_shape is None:  # a user-built model: per-feature parts exist once it is known
+        vae.set_data_shape(config.model.data_shape)
     restore_weights(vae, upgrade_weights(state, version), path)
-    if vae.data_shape is None:
-        vae.data_shape = config.model.data_shape
+    vae.adapted = True  # its data-dependent buffers came with the weights
     return vae.to(device).eval(), config
 
 

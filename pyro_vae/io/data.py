@@ -2,10 +2,14 @@
 
 Named image datasets (Fashion-MNIST, MNIST, KMNIST) come through torchvision; a user's own data
 come as ``.npy`` (one array) or ``.npz`` (``x_train`` and optional ``x_test``, Keras's
-``mnist.npz`` convention), shaped (N, H, W) or (N, D), as uint8 grey levels 0–255 or floats.
-Everything is flattened to (N, D) float32; uint8 grey levels are mapped to [0, 1] by dividing by
-255, except integer arrays holding only 0 and 1, which are binary data and kept as 0.0/1.0.
-Minibatches are slices of that tensor on the training device: no per-image Python transforms.
+``mnist.npz`` convention), shaped (N, H, W) or (N, D), as uint8 grey levels 0–255 or floats, or
+as a ``.csv``/``.parquet`` table read with pandas (numeric columns are the features, an optional
+``--label-column`` holds class labels). Everything is flattened to (N, D) float32; uint8 grey
+levels are mapped to [0, 1] by dividing by 255, except integer arrays holding only 0 and 1, which
+are binary data and kept as 0.0/1.0. For a count likelihood (``counts`` capability: poisson,
+negbinomial, zinb, binomial) integers are kept as they are, whatever their range. Table values
+are never read as grey levels. Minibatches are slices of that tensor on the training device: no
+per-image Python transforms.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Data:
     Attributes
     ----------
     train, test : Tensor
-        (N, D) and (M, D) float32 on the CPU, grey levels in [0, 1] for image data.
+        (N, D) and (M, D) float32 on the CPU: grey levels in [0, 1] for image data, counts as
+        they are for a count likelihood, table values as they are.
     data_shape : tuple of int
         Shape of one data point before flattening, (28, 28) for MNIST-like images.
     train_labels, test_labels : Tensor or None
@@ -89,12 +94,18 @@ def load_data(config: Config) -> Data:
         infinite values, values outside the likelihood's support, or fewer training images
         than one batch.
     """
-    return prepare_data(read_data(config.data), config)
+    return prepare_data(read_data(config.data, counts=_counts(config)), config)
 
 
-def read_data(source: DataConfig) -> Data:
+def _counts(config: Config) -> bool:
+    return config.model.likelihood.cls.counts
+
+
+def read_data(source: DataConfig, counts: bool = False) -> Data:
     """The train/test split that ``source`` names (its dataset, test file and data folder),
-    read and shaped but not checked against a model; ``source.limit`` is not applied.
+    read and shaped but not checked against a model; ``source.limit`` is not applied. With
+    ``counts``, integer data keep their values (for a count likelihood) instead of being read
+    as grey levels.
 
     Raises
     ------
@@ -103,17 +114,17 @@ def read_data(source: DataConfig) -> Data:
     """
     name = source.dataset
     if name in NAMED_DATASETS:
-        data = _load_named(name, source.data_dir)
-    elif name.endswith((".npy", ".npz")) or os.path.exists(name):
-        data = _load_file(name, holdout=source.test_dataset is None)
+        data = _load_named(name, source.data_dir, counts)
+    elif name.lower().endswith(_SUFFIXES) or os.path.exists(name):
+        data = _load_file(name, source, counts, holdout=source.test_dataset is None)
     else:
         raise DataError(
             f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} or the path of "
-            "a .npy/.npz file (a run trained on data given in memory needs them given again: "
-            "--dataset, or data=)"
+            "a .npy/.npz/.csv/.parquet file (a run trained on data given in memory needs them "
+            "given again: --dataset, or data=)"
         )
     if source.test_dataset is not None:
-        test, test_labels, test_shape = _read_test_file(source.test_dataset)
+        test, test_labels, test_shape = _read_test_file(source.test_dataset, source, counts)
         if test_shape != data.data_shape:
             raise DataError(
                 f"{source.test_dataset} holds data of shape {test_shape} but the training data "
@@ -193,16 +204,17 @@ def load_eval_data(
     DataError
         As :func:`load_data`, and if the data's shape differs from the run's.
     """
+    counts = _counts(config)
     if dataset is None:
-        data = read_data(config.data)
+        data = read_data(config.data, counts)
         x, labels, source = data.test, data.test_labels, f"the test set of {config.data.dataset}"
         shape = data.data_shape
     elif dataset in NAMED_DATASETS:
-        data = _load_named(dataset, config.data.data_dir)
+        data = _load_named(dataset, config.data.data_dir, counts)
         x, labels, source = data.test, data.test_labels, f"the test split of {dataset}"
         shape = data.data_shape
     else:
-        x, labels, shape = _read_test_file(dataset)
+        x, labels, shape = _read_test_file(dataset, config.data, counts)
         source = dataset
     if shape != config.model.data_shape:
         raise DataError(
@@ -240,7 +252,7 @@ def binarize_fixed(x: torch.Tensor) -> torch.Tensor:
     return binarize(x.cpu(), generator).to(x.device)
 
 
-def _load_named(name: str, data_dir: str | None) -> Data:
+def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, _TORCHVISION_CLASS[name])
@@ -283,8 +295,8 @@ def _load_named(name: str, data_dir: str | None) -> Data:
             "folder and run again"
         ) from None
     return Data(
-        train=_to_float(train.data.numpy()),
-        test=_to_float(test.data.numpy()),
+        train=_to_float(train.data.numpy(), counts),
+        test=_to_float(test.data.numpy(), counts),
         data_shape=tuple(train.data.shape[1:]),
         train_labels=train.targets.clone(),
         test_labels=test.targets.clone(),
@@ -349,14 +361,14 @@ def _copy_raw(cls, base: Path, root: Path) -> Path:
     return root
 
 
-def _load_file(path: str, holdout: bool = True) -> Data:
-    arrays = _read_arrays(path)
+def _load_file(path: str, source: DataConfig, counts: bool, holdout: bool = True) -> Data:
+    arrays = _read_arrays(path, source)
     if "x_train" not in arrays:
         raise DataError(f"{path} has no array x_train; save the training images as x_train")
-    x, shape = _check_array(arrays["x_train"], f"{path} (x_train)")
+    x, shape = _check_array(arrays["x_train"], f"{path} (x_train)", counts)
     labels = _check_labels(arrays.get("y_train"), x.shape[0], path)
     if "x_test" in arrays:
-        test, test_shape = _check_array(arrays["x_test"], f"{path} (x_test)")
+        test, test_shape = _check_array(arrays["x_test"], f"{path} (x_test)", counts)
         if test_shape != shape:
             raise DataError(
                 f"{path}: x_test has data shape {test_shape} but x_train has {shape}; "
@@ -379,20 +391,29 @@ def _load_file(path: str, holdout: bool = True) -> Data:
     )
 
 
-def _read_test_file(path: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
-    """A separate test file: a .npy array, or a .npz's ``x_test`` (else its ``x_train``)."""
-    arrays = _read_arrays(path)
+def _read_test_file(path: str, source: DataConfig, counts: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+    """A separate test file: a .npy array or a table, or a .npz's ``x_test`` (else its
+    ``x_train``)."""
+    arrays = _read_arrays(path, source)
     key = "x_test" if "x_test" in arrays else "x_train"
-    x, shape = _check_array(arrays[key], f"{path} ({key})")
+    x, shape = _check_array(arrays[key], f"{path} ({key})", counts)
     return x, _check_labels(arrays.get("y" + key[1:]), x.shape[0], path), shape
 
 
-def _read_arrays(path: str) -> dict[str, np.ndarray]:
-    """The arrays of a .npy (as ``x_train``) or .npz file, read without unpickling."""
+_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+
+
+def _read_arrays(path: str, source: DataConfig) -> dict[str, np.ndarray]:
+    """The arrays of a .npy (as ``x_train``) or .npz file, read without unpickling, or of a
+    table (:func:`read_table`)."""
     if not os.path.exists(path):
         raise DataError(f"data file {path} does not exist; check the path")
-    if not path.endswith((".npy", ".npz")):
-        raise DataError(f"{path} is neither .npy nor .npz; save the array with numpy.save")
+    if path.lower().endswith((".csv", ".parquet")):
+        return read_table(path, source.label_column, source.drop_non_numeric)
+    if not path.lower().endswith((".npy", ".npz")):
+        raise DataError(f"{path} is not .npy, .npz, .csv or .parquet; save the array with "
+                        "numpy.save or the table with pandas")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -423,21 +444,80 @@ def _check_labels(labels: np.ndarray | None, n: int, path: str) -> torch.Tensor 
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def _check_array(x: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(N, H, W) or (N, D) uint8/float array → ((N, D) float32 tensor, data shape)."""
+def read_table(path: str, label_column: str | None = None,
+               drop_non_numeric: bool = False) -> dict[str, np.ndarray]:
+    """A .csv or .parquet table (pandas; pyarrow for Parquet) as ``x_train`` (N, D) float64 and,
+    with ``label_column``, ``y_train`` (N,) int64 class codes (the column's sorted values).
+
+    Raises
+    ------
+    DataError
+        An unreadable file, a missing label column, non-numeric columns (unless
+        ``drop_non_numeric``; they are named), missing values (counted, with their column), or
+        no numeric column left.
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path) if path.lower().endswith(".csv") else pd.read_parquet(path)
+    except (OSError, ValueError, ImportError, pd.errors.ParserError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot read the table {path} ({reason}); check the file") from None
+    if table.shape[0] == 0:
+        raise DataError(f"{path} has no rows (a header line only?); give a table with data")
+    arrays = {}
+    if label_column is not None:
+        if label_column not in table.columns:
+            raise DataError(f"{path} has no column {label_column!r}; its columns are "
+                            f"{', '.join(map(str, table.columns[:20]))}")
+        labels = table.pop(label_column)
+        if labels.isna().any():
+            raise DataError(f"{path}: the label column {label_column!r} has "
+                            f"{int(labels.isna().sum())} missing values; fill or drop those rows")
+        if pd.api.types.is_integer_dtype(labels):  # class numbers stay as they are
+            arrays["y_train"] = labels.to_numpy(dtype=np.int64)
+        else:  # names: codes in sorted order (a test table must hold every class)
+            arrays["y_train"] = pd.factorize(labels, sort=True)[0].astype(np.int64)
+    other = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if other and not drop_non_numeric:
+        raise DataError(f"{path} has non-numeric columns {', '.join(other[:10])}; drop them "
+                        "with --drop-non-numeric, or name a class column with --label-column")
+    table = table.drop(columns=[c for c in table.columns if str(c) in other])
+    if table.shape[1] == 0:
+        raise DataError(f"{path} has no numeric column; give a table of numbers")
+    missing = table.isna().sum()
+    if missing.any():
+        column = missing.idxmax()
+        raise DataError(f"{path} has {int(missing.sum())} missing values ({int(missing.max())} "
+                        f"in column {column!r}); fill or drop them before training")
+    arrays["x_train"] = table.to_numpy(dtype=np.float64)  # True/False columns become 1/0
+    return arrays
+
+
+def _check_array(x: np.ndarray, what: str, counts: bool = False
+                 ) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(N, H, W) or (N, D) uint8/float array → ((N, D) float32 tensor, data shape). With
+    ``counts``, integers keep their values (checked by the count likelihood)."""
     if x.ndim not in (2, 3):
         raise DataError(
             f"{what} has shape {x.shape}; expected (N, H, W) images or (N, D) vectors"
         )
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {x.shape}); give at least one data point")
+    if counts and x.dtype.kind in "iub":
+        if np.abs(x).max() > 2**24:
+            raise DataError(f"{what} holds counts above 2^24, which float32 cannot hold exactly")
+        return torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), (
+            tuple(int(s) for s in x.shape[1:]))
     if x.dtype.kind in "iub" and x.min() >= 0 and x.max() <= 1:
         return torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), (
             tuple(int(s) for s in x.shape[1:])
         )  # binary data, 0/1, not grey levels 0/255 and 1/255
     if x.dtype.kind in "iu" and x.dtype != np.uint8:
         if x.min() < 0 or x.max() > 255:
-            raise DataError(f"{what} holds integers outside 0-255; give uint8 grey levels")
+            raise DataError(f"{what} holds integers outside 0-255; give uint8 grey levels, or "
+                            "choose a count likelihood (--likelihood poisson, negbinomial, zinb) "
+                            "for counts")
         x = x.astype(np.uint8)
     elif x.dtype.kind not in "uf":
         raise DataError(f"{what} holds {x.dtype} values; give uint8 grey levels 0-255 or floats")
@@ -450,9 +530,10 @@ def _check_array(x: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...
     return _to_float(x), tuple(int(s) for s in x.shape[1:])
 
 
-def _to_float(x: np.ndarray) -> torch.Tensor:
-    """(N, …) uint8 or float array → (N, D) float32 tensor; uint8 is divided by 255."""
+def _to_float(x: np.ndarray, counts: bool = False) -> torch.Tensor:
+    """(N, …) uint8 or float array → (N, D) float32 tensor; uint8 is divided by 255 unless the
+    values are ``counts``."""
     flat = x.reshape(x.shape[0], -1)
-    if flat.dtype == np.uint8:
+    if flat.dtype == np.uint8 and not counts:
         return torch.from_numpy(flat.astype(np.float32) / 255.0)
     return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))

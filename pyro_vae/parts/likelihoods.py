@@ -3,9 +3,10 @@
 A :class:`Likelihood` turns the decoder output of shape ``(batch, D, params_per_dim)`` into a Pyro
 distribution with ``event_shape == (D,)``, and checks before training that the data lie in its
 support, so that bad data give a clear error instead of a NaN. Data tensors hold grey levels in
-[0, 1]; a likelihood over other units (the categorical one over levels 0–255) converts with
-:meth:`Likelihood.to_obs` and :meth:`Likelihood.to_data`. A likelihood is registered with
-:func:`~pyro_vae.registry.register_likelihood`; its options are
+[0, 1], except for the count likelihoods (``counts = True``: poisson, negbinomial, zinb,
+binomial), which read integer data as they are; a likelihood over other units (the categorical
+one over levels 0–255) converts with :meth:`Likelihood.to_obs` and :meth:`Likelihood.to_data`.
+A likelihood is registered with :func:`~pyro_vae.registry.register_likelihood`; its options are
 :class:`~pyro_vae.registry.Option` class attributes, its capabilities (``discrete``, ``binary``,
 ``params_per_dim``) plain class attributes.
 """
@@ -19,7 +20,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 
 from ..errors import DataError
-from ..registry import Option, Part, positive, register_likelihood
+from ..registry import Option, Part, positive, positive_int, register_likelihood
 
 
 class Likelihood(Part, nn.Module):
@@ -36,6 +37,30 @@ class Likelihood(Part, nn.Module):
     discrete: bool = False
     #: Whether it scores binary data, so that grey levels are binarised first (``--binarize``).
     binary: bool = False
+    #: Whether it scores whole numbers in the data's own units (counts), so that integer data
+    #: are read as they are rather than as grey levels scaled to [0, 1].
+    counts: bool = False
+    #: Whether it scores real numbers on the whole line (``--standardize`` possible; vectors
+    #: train with the defaults for real-valued data: learning rate 1e-2, ≥ 3000 steps).
+    real_line: bool = False
+    #: Whether it learns its own scale, so that standardising changes no option's meaning:
+    #: (N, D) data are then standardised by default.
+    learns_scale: bool = False
+    #: Whether :meth:`forward` and :meth:`mean` read the observed batch (keyword ``x``, or None
+    #: when sampling): the count likelihoods take each row's library size (total count) from it.
+    reads_observation: bool = False
+    #: The value that pictures show as white (data in [0, 1]: 1).
+    picture_max: float = 1.0
+
+    def prepare(self, input_dim: int) -> None:
+        """Create what has one entry per data dimension (D = ``input_dim``), e.g. a learned
+        dispersion per feature. Called when the model's data shape is known; nothing by
+        default."""
+
+    @torch.no_grad()
+    def adapt(self, x: torch.Tensor) -> None:
+        """Initialise from the training data ``x`` (N, D) before a new run trains (not on
+        resume): e.g. the mean library size. Nothing by default."""
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover
         """Distribution of x given decoder output ``params`` of shape (batch, D, params_per_dim)."""
@@ -47,6 +72,10 @@ class Likelihood(Part, nn.Module):
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x | z] in data units: (..., D, k) → (..., D)."""
         return self(params).mean
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Data (batch, D) → what the encoder reads (identity by default; counts: log(1 + x))."""
+        return x
 
     def to_obs(self, x: torch.Tensor) -> torch.Tensor:
         """Data (batch, D) → the values this distribution scores (identity by default)."""
@@ -120,7 +149,8 @@ class _FixedScaleLikelihood(Likelihood):
 
     family: type[dist.TorchDistribution]
     scale = Option(float, 0.1, "Fixed scale c of the normal (N(f(z), c²I)) and laplace "
-                   "likelihoods, in data units.", positive, flag="obs-scale")
+                   "likelihoods, in data units (with --standardize, in standard deviations of "
+                   "each feature).", positive, flag="obs-scale")
 
     def __init__(self, scale: float = 0.1):
         super().__init__()
@@ -145,6 +175,7 @@ class NormalLikelihood(_FixedScaleLikelihood):
 
     summary = "fixed scale"
     family = dist.Normal
+    real_line = True
 
 
 @register_likelihood("continuous-bernoulli")
@@ -181,8 +212,11 @@ class LearnedNormalLikelihood(Likelihood):
 
     summary = "learned scale per dimension"
     params_per_dim = 2
+    real_line = True
+    learns_scale = True
     min_scale = Option(float, 0.01, "Floor of the learned scale of normal-learned, against "
-                       "collapse.", positive, flag="min-obs-scale")
+                       "collapse (for standardised data, in standard deviations of each "
+                       "feature).", positive, flag="min-obs-scale")
 
     def __init__(self, min_scale: float = 0.01):
         super().__init__()
@@ -208,6 +242,7 @@ class LaplaceLikelihood(_FixedScaleLikelihood):
 
     summary = "L1 error"
     family = dist.Laplace
+    real_line = True
 
 
 @register_likelihood("categorical")
@@ -244,6 +279,199 @@ class CategoricalLikelihood(Likelihood):
                 f"{what} are not on the 256 grey levels that the categorical likelihood scores; "
                 "give uint8 images or use --likelihood continuous-bernoulli"
             )
+
+
+class _CountLikelihood(Likelihood):
+    """Base of the likelihoods over counts x_d ∈ {0, 1, 2, …}, read in the data's own units.
+
+    With ``library = "observed"`` the decoder gives proportions ρ(z) = softmax(f(z)) over the D
+    features and the mean count is μ_d = ℓ ρ_d, ℓ = Σ_d x_d the row's observed library size
+    (total count), an observed covariate as in scVI (Lopez et al. 2018, §Methods, with
+    ``use_observed_lib_size``): log-likelihoods are then log p(x | z, ℓ), conditional on ℓ,
+    and do not compare with those of ``"none"`` or of other models. When sampling, ℓ is the
+    mean library size of the training data. With ``"none"``, μ_d = exp(f_d(z)), a proper
+    model of x whose NLL compares with any other.
+    """
+
+    counts = True
+    discrete = True
+    reads_observation = True
+    picture_max = 255.0  # count images are mostly 8-bit levels
+    library = Option(str, "observed", "Count likelihoods: observed (mean = library size x "
+                     "softmax(decoder), the scVI size factor; library = the row's total count) "
+                     "or none (mean = exp(decoder)).", choices=("observed", "none"),
+                     flag="library")
+
+    def __init__(self, library: str = "observed"):
+        super().__init__()
+        self.library = library
+        self.register_buffer("library_size", torch.tensor(1.0))
+        self.register_buffer("log_offset", torch.zeros(0))
+
+    def prepare(self, input_dim: int) -> None:
+        self.log_offset = torch.zeros(input_dim)
+
+    @torch.no_grad()
+    def adapt(self, x: torch.Tensor) -> None:
+        totals = x.sum(-1)
+        self.library_size.fill_(float(totals.mean().clamp(min=1.0)))
+        # The decoder starts near zero output: an offset of log mean count (or proportion)
+        # starts the model at the data's mean, as the output bias of most reference models.
+        mean = x.mean(0).clamp(min=1e-6)
+        if self.library == "observed":
+            mean = mean / mean.sum()
+        self.log_offset = mean.log().to(self.log_offset)
+
+    def log_rate(self, params: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """log μ (..., D) from the decoder output (..., D, k) and the observed batch."""
+        f = params[..., 0] + self.log_offset if self.log_offset.numel() else params[..., 0]
+        if self.library == "none":
+            return f.clamp(max=30.0)
+        # An all-zero row keeps a vanishing mean, so that it scores log p = 0 under a Poisson.
+        library = self.library_size if x is None else x.sum(-1, keepdim=True).clamp(min=1e-8)
+        return f.log_softmax(-1) + torch.log(library)
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x)  # as scVI's encoder reads counts
+
+    def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
+        _check_counts(x, what, self.name)
+
+
+@register_likelihood("poisson")
+class PoissonLikelihood(_CountLikelihood):
+    """x_d ~ Poisson(μ_d(z)) for counts.
+
+    log p(x|z) = Σ_d x_d log μ_d − μ_d − log x_d! nats.
+    """
+
+    summary = "counts"
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor | None = None):
+        return dist.Poisson(self.log_rate(params, x).exp()).to_event(1)
+
+    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_rate(params, x).exp()
+
+
+class _Dispersed(_CountLikelihood):
+    """A learned inverse dispersion θ_d > 0 per feature (``log_theta``, (D,))."""
+
+    def __init__(self, library: str = "observed"):
+        super().__init__(library)
+        self.log_theta = nn.Parameter(torch.zeros(0))
+
+    def prepare(self, input_dim: int) -> None:
+        super().prepare(input_dim)
+        self.log_theta = nn.Parameter(torch.zeros(input_dim))
+
+    def _nb_logits(self, params, x):
+        """NB logits log(μ/θ): torch's NegativeBinomial(θ, logits) has mean θ·e^logits = μ."""
+        return self.log_rate(params, x) - self.log_theta
+
+    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_rate(params, x).exp()
+
+
+@register_likelihood("negbinomial")
+class NegativeBinomialLikelihood(_Dispersed):
+    """x_d ~ NB(mean μ_d(z), inverse dispersion θ_d) for over-dispersed counts, θ learned per
+    feature: Var x_d = μ_d + μ_d²/θ_d.
+
+    log p = log Γ(x+θ) − log Γ(θ) − log x! + θ log(θ/(θ+μ)) + x log(μ/(θ+μ)) nats (Lopez et al.
+    2018, Methods, the NB of scVI; Pyro's ``NegativeBinomial(θ, logits=log μ − log θ)``).
+    """
+
+    summary = "over-dispersed counts"
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor | None = None):
+        return dist.NegativeBinomial(self.log_theta.exp(),
+                                     logits=self._nb_logits(params, x)).to_event(1)
+
+
+@register_likelihood("zinb")
+class ZINBLikelihood(_Dispersed):
+    """Zero-inflated negative binomial: x_d = 0 with probability π_d(z), else NB(μ_d, θ_d).
+
+    p(x_d) = π_d 1[x_d = 0] + (1 − π_d) NB(x_d; μ_d, θ_d), the scVI likelihood (Lopez et al.
+    2018, Methods, eq. for ZINB); the decoder gives the mean and the dropout logit of each
+    feature, θ_d is learned per feature. Pyro's ``ZeroInflatedNegativeBinomial``.
+    """
+
+    summary = "zero-inflated counts (scVI)"
+    params_per_dim = 2
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor | None = None):
+        return dist.ZeroInflatedNegativeBinomial(
+            self.log_theta.exp(), logits=self._nb_logits(params, x),
+            gate_logits=params[..., 1]).to_event(1)
+
+    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(-params[..., 1]) * self.log_rate(params, x).exp()
+
+
+@register_likelihood("binomial")
+class BinomialLikelihood(Likelihood):
+    """x_d ~ Binomial(n, σ(f_d(z))) for bounded counts 0…n, e.g. 8-bit grey levels with
+    n = 255 (uint8 data are read as levels 0–255, not scaled).
+
+    log p(x|z) = Σ_d log C(n, x_d) + x_d log p_d + (n − x_d) log(1 − p_d) nats; −log p(x)
+    converts to bits/dim as −log p(x) / (D ln 2).
+    """
+
+    summary = "bounded counts 0..n"
+    counts = True
+    discrete = True
+    trials = Option(int, 255, "Number of trials n of the binomial likelihood: the largest "
+                    "count (255 for 8-bit levels).", positive_int, flag="binomial-trials")
+
+    def __init__(self, trials: int = 255):
+        super().__init__()
+        self.trials = int(trials)
+        self.register_buffer("offset", torch.zeros(0))
+
+    def prepare(self, input_dim: int) -> None:
+        self.offset = torch.zeros(input_dim)
+
+    @torch.no_grad()
+    def adapt(self, x: torch.Tensor) -> None:
+        # Start at the data's mean: logit of the mean level of each feature, added to the
+        # decoder output (the output-bias initialisation of most reference models).
+        p = (x.mean(0) / self.trials).clamp(1e-3, 1 - 1e-3)
+        self.offset = torch.logit(p).to(self.offset)
+
+    def _logits(self, params: torch.Tensor) -> torch.Tensor:
+        logits = params.squeeze(-1)
+        return logits + self.offset if self.offset.numel() else logits
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Binomial(self.trials, logits=self._logits(params)).to_event(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self.trials * torch.sigmoid(self._logits(params))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.trials
+
+    @property
+    def picture_max(self) -> float:
+        return float(self.trials)
+
+    def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
+        _check_counts(x, what, "binomial")
+        if bool((x > self.trials).any()):
+            raise DataError(f"{what} holds counts up to {float(x.max()):g} but the binomial "
+                            f"likelihood has {self.trials} trials; raise --binomial-trials")
+
+
+def _check_counts(x: torch.Tensor, what: str, name: str) -> None:
+    if bool((x < 0).any()):
+        raise DataError(f"{what} holds {int((x < 0).sum())} negative values but the {name} "
+                        "likelihood scores counts ≥ 0; give counts or use --likelihood normal")
+    if bool((x != torch.round(x)).any()):
+        raise DataError(f"{what} holds values that are not whole numbers, but the {name} "
+                        "likelihood scores counts; give integer counts or use --likelihood "
+                        "normal for measurements")
 
 
 def _check_unit_interval(x: torch.Tensor, what: str, name: str) -> None:

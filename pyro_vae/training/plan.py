@@ -398,12 +398,12 @@ class TrainingPlan:
         """``samples.png`` (for a prior that can be sampled) and ``reconstructions.png``."""
         vae, shape = self.vae, self.data.data_shape
         if vae.can_sample:
-            plots.save_image_grid(vae.sample(NUM_SAMPLES, mean=True), shape,
-                                  run_dir / "samples.png")
+            pictures.save_grid(vae, vae.sample(NUM_SAMPLES, mean=True), shape,
+                               run_dir / "samples.png")
         shown = self.data.test.to(self.test_x.device)
         grid, per_row = pictures.reconstructions(
             vae, shown, self.test_x if self.config.binarizes else None, NUM_RECONSTRUCTIONS)
-        plots.save_image_grid(grid, shape, run_dir / "reconstructions.png", nrow=per_row)
+        pictures.save_grid(vae, grid, shape, run_dir / "reconstructions.png", nrow=per_row)
 
 
 def _interrupted(run_dir: Path | None, epoch: int, step: int, config: Config):
@@ -500,6 +500,8 @@ def fit(
     else:
         _fit_user_model(vae, data)
         pyro.set_rng_seed(config.train.seed)
+    if state is None and not vae.adapted:
+        vae.adapt(data.train)
     if out is not None:
         checkpoint.check_free_space(out, vae)
     run = RunWriter(out, overwrite, config, existing=state is not None) if out else None
@@ -537,13 +539,13 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     else:
         data = prepare_data(data, config)
         config = config.replace(dataset=data.source or "in-memory data")
-    return config.replace(data_shape=data.data_shape), data
+    return config.for_data(data.data_shape, data.train.shape[0]), data  # stored as decided
 
 
 def _fit_user_model(vae: VAE, data: Data) -> None:
     """Give a user-built model its data shape, or refuse data of another shape."""
     if vae.data_shape is None:
-        vae.data_shape = data.data_shape
+        vae.set_data_shape(data.data_shape)
     elif tuple(vae.data_shape) != tuple(data.data_shape):
         raise DataError(f"the model was built for data of shape {vae.data_shape} but the data "
                         f"have shape {data.data_shape}")
