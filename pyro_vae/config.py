@@ -223,8 +223,9 @@ class DataConfig:
     dataset: str = option(
         str, "fashion-mnist", "fashion-mnist, mnist, kmnist, a .npy/.npz file of (N, H, W) or "
         "(N, D) data (uint8 0-255, floats, or counts for a count likelihood; a .npz holds "
-        "x_train and optional x_test), or a .csv/.parquet table whose numeric columns are the "
-        "features.")
+        "x_train and optional x_test; colour as (N, H, W, 3) or (N, 3, H, W)), a folder of "
+        "PNG/JPEG images (one subfolder per class), or a .csv/.parquet table whose numeric "
+        "columns are the features.")
     test_dataset: str | None = option(
         str, None, "Separate test file (.npy, .npz with x_test, .csv or .parquet). Default: the "
         "dataset's test split, else a seeded 10% hold-out.")
@@ -234,6 +235,15 @@ class DataConfig:
     binarize: str | None = option(
         str, None, "Bernoulli likelihood only: dynamic (fresh draw of each grey level every "
         "epoch; default), static (once), none (data already 0/1).", choices=BINARIZE_MODES)
+    channels_first: bool | None = option(
+        bool, None, "Layout of 4-d image arrays: (N, C, H, W) or (N, H, W, C). Default: the "
+        "end with 1 or 3 entries.", flag="channels-first/--channels-last")
+    image_size: int | None = option(
+        int, None, "Image folders: resize the shorter side to S and crop the centre S×S "
+        "(needed when the images differ in size).", positive_int, metavar="S")
+    strict: bool = option(
+        bool, False, "Image folders: refuse unreadable files instead of skipping them with a "
+        "warning.")
     label_column: str | None = option(
         str, None, "Tables: the column of class labels, taken out of the features (for latent "
         "maps and encodings).", metavar="NAME")
@@ -241,6 +251,9 @@ class DataConfig:
         bool, False, "Tables: drop columns that are not numbers instead of refusing the table.")
 
     def __post_init__(self) -> None:
+        if self.channels_first is not None and not isinstance(self.channels_first, bool):
+            raise ConfigError(f"channels_first must be true, false or null (automatic), got "
+                              f"{self.channels_first!r}")
         _validate_fields(self)
         table = str(self.dataset).lower().endswith((".csv", ".parquet"))
         for name in ("label_column", "drop_non_numeric"):

@@ -36,19 +36,26 @@ def save_training_curve(rows: list[dict], path: str | os.PathLike) -> None:
     save_figure(fig, path)
 
 
+def is_image(data_shape: tuple[int, ...]) -> bool:
+    """Whether data of this shape can be drawn: (H, W) grey, or (C, H, W) with C = 1 or 3."""
+    return len(data_shape) == 2 or (len(data_shape) == 3 and data_shape[0] in (1, 3))
+
+
 def save_image_grid(
     images: torch.Tensor, data_shape: tuple[int, ...], path: str | os.PathLike, nrow: int = 8
 ) -> None:
-    """Save (N, D) grey levels in [0, 1] as a PNG grid of ``nrow`` images per row.
+    """Save (N, D) levels in [0, 1] as a PNG grid of ``nrow`` images per row.
 
-    ``data_shape`` (H, W) gives each image's shape. Raises ``ValueError`` for other shapes,
-    which are not images.
+    ``data_shape`` (H, W) for grey images or (C, H, W) with C = 1 or 3 (colour, channels
+    first) gives each image's shape. Raises ``ValueError`` for other shapes, which are not
+    images.
     """
-    if len(data_shape) != 2:
+    if not is_image(data_shape):
         raise ValueError(f"data of shape {data_shape} are not images; save them as .npy")
     from torchvision.utils import save_image  # torchvision takes seconds to import
 
-    grid = images.detach().cpu().reshape(-1, 1, *data_shape).clamp(0, 1)
+    channels_shape = data_shape if len(data_shape) == 3 else (1, *data_shape)
+    grid = images.detach().cpu().reshape(-1, *channels_shape).clamp(0, 1)
     buffer = io.BytesIO()
     save_image(grid, buffer, format="png", nrow=nrow, padding=2, pad_value=1.0)
     atomic_write_bytes(path, buffer.getvalue())

@@ -124,7 +124,7 @@ BAD_FIT = [
     (["--dataset", "{d}/garbage.npy"], "cannot read"),
     (["--dataset", "{d}/garbage.npz"], "cannot read"),
     (["--dataset", "{d}/flat.npy"], "expected (N, H, W)"),
-    (["--dataset", "{d}/4d.npy"], "expected (N, H, W)"),
+    (["--dataset", "{d}/4d.npy"], "cannot tell where its channels are"),
     (["--dataset", "{d}/nan.npy"], "NaN or infinite"),
     (["--dataset", "{d}/inf.npy"], "NaN or infinite"),
     (["--dataset", "{d}/range.npy"], "[0, 1]"),

@@ -23,7 +23,7 @@ def test_conv_decoder_keeps_pixels_in_place():
     config = Config(arch="conv", z_dim=2, hidden=(16,), data_shape=(8, 12))
     decoder = config.model.arch.build().decoder(2, (8, 12), 3)
     z = torch.randn(1, 2)
-    raw = decoder.net[:-1](z)  # (1, 3, 8, 12) before flattening
+    raw = decoder.net[:-2](z)  # (1, 3, 8, 12) before regrouping and flattening
     out = decoder(z)
     assert torch.equal(out[0, 5 * 12 + 7], raw[0, :, 5, 7])
 

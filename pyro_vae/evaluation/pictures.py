@@ -123,7 +123,7 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
     """
     shape, out = tuple(vae.data_shape), str(out)
     num = num or DEFAULT_NUM[mode]
-    if out.lower().endswith(".png") and mode != "latents" and len(shape) != 2:
+    if out.lower().endswith(".png") and mode != "latents" and not plots.is_image(shape):
         raise ConfigError(f"the data have shape {shape}, not images; use --out FILE.npy")
     if mode == "manifold" and vae.z_dim != 2:
         raise ConfigError(f"--mode manifold needs a model with --z-dim 2; this one has {vae.z_dim}")

@@ -28,6 +28,8 @@ import torch
 
 from ..config import Config, DataConfig
 from ..errors import DataError
+from .folders import class_names as folder_class_names
+from .folders import read_folder
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 DEBIAN_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -75,8 +77,10 @@ class Data:
 
     @property
     def is_image(self) -> bool:
-        """Whether one data point is an (H, W) image, so that it can be drawn."""
-        return len(self.data_shape) == 2
+        """Whether one data point is an (H, W) grey or (C, H, W) colour image, so that it can
+        be drawn."""
+        return len(self.data_shape) == 2 or (len(self.data_shape) == 3
+                                             and self.data_shape[0] in (1, 3))
 
 
 def load_data(config: Config) -> Data:
@@ -119,9 +123,9 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
         data = _load_file(name, source, counts, holdout=source.test_dataset is None)
     else:
         raise DataError(
-            f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} or the path of "
-            "a .npy/.npz/.csv/.parquet file (a run trained on data given in memory needs them "
-            "given again: --dataset, or data=)"
+            f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)}, a folder of "
+            "images, or the path of a .npy/.npz/.csv/.parquet file (a run trained on data "
+            "given in memory needs them given again: --dataset, or data=)"
         )
     if source.test_dataset is not None:
         test, test_labels, test_shape = _read_test_file(source.test_dataset, source, counts)
@@ -230,9 +234,10 @@ def load_eval_data(
 
 
 def class_names(dataset: str) -> list[str] | None:
-    """The class names of a named dataset (torchvision's), else None."""
+    """The class names of a named dataset (torchvision's) or of an image folder with class
+    subfolders, else None."""
     if dataset not in NAMED_DATASETS:
-        return None
+        return folder_class_names(dataset)
     import torchvision.datasets as tvd
 
     return list(getattr(tvd, _TORCHVISION_CLASS[dataset]).classes)
@@ -365,10 +370,12 @@ def _load_file(path: str, source: DataConfig, counts: bool, holdout: bool = True
     arrays = _read_arrays(path, source)
     if "x_train" not in arrays:
         raise DataError(f"{path} has no array x_train; save the training images as x_train")
-    x, shape = _check_array(arrays["x_train"], f"{path} (x_train)", counts)
+    x, shape = _check_array(arrays["x_train"], f"{path} (x_train)", counts,
+                            source.channels_first)
     labels = _check_labels(arrays.get("y_train"), x.shape[0], path)
     if "x_test" in arrays:
-        test, test_shape = _check_array(arrays["x_test"], f"{path} (x_test)", counts)
+        test, test_shape = _check_array(arrays["x_test"], f"{path} (x_test)", counts,
+                                        source.channels_first)
         if test_shape != shape:
             raise DataError(
                 f"{path}: x_test has data shape {test_shape} but x_train has {shape}; "
@@ -397,7 +404,7 @@ def _read_test_file(path: str, source: DataConfig, counts: bool
     ``x_train``)."""
     arrays = _read_arrays(path, source)
     key = "x_test" if "x_test" in arrays else "x_train"
-    x, shape = _check_array(arrays[key], f"{path} ({key})", counts)
+    x, shape = _check_array(arrays[key], f"{path} ({key})", counts, source.channels_first)
     return x, _check_labels(arrays.get("y" + key[1:]), x.shape[0], path), shape
 
 
@@ -405,10 +412,15 @@ _SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 
 def _read_arrays(path: str, source: DataConfig) -> dict[str, np.ndarray]:
-    """The arrays of a .npy (as ``x_train``) or .npz file, read without unpickling, or of a
-    table (:func:`read_table`)."""
+    """The arrays of a .npy (as ``x_train``) or .npz file, read without unpickling, of a
+    table (:func:`read_table`) or of a folder of images (:func:`~.folders.read_folder`)."""
     if not os.path.exists(path):
         raise DataError(f"data file {path} does not exist; check the path")
+    if os.path.isdir(path):
+        return read_folder(path, source.image_size, source.strict)
+    if source.image_size is not None or source.strict:
+        raise DataError(f"--image-size and --strict apply to folders of images, not {path}; "
+                        "drop them")
     if path.lower().endswith((".csv", ".parquet")):
         return read_table(path, source.label_column, source.drop_non_numeric)
     if not path.lower().endswith((".npy", ".npz")):
@@ -494,16 +506,48 @@ def read_table(path: str, label_column: str | None = None,
     return arrays
 
 
-def _check_array(x: np.ndarray, what: str, counts: bool = False
-                 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(N, H, W) or (N, D) uint8/float array → ((N, D) float32 tensor, data shape). With
-    ``counts``, integers keep their values (checked by the count likelihood)."""
-    if x.ndim not in (2, 3):
+def channels_to_front(x: np.ndarray, what: str, channels_first: bool | None) -> np.ndarray:
+    """(N, H, W, C) or (N, C, H, W) images, C = 1 or 3, as (N, C, H, W).
+
+    The layout is ``channels_first`` when given (``--channels-first/--channels-last``), else
+    the one whose channel axis has 1 or 3 entries while the other end's has not.
+
+    Raises
+    ------
+    DataError
+        When neither end has 1 or 3 entries, or both have and no layout is given.
+    """
+    first, last = x.shape[1] in (1, 3), x.shape[-1] in (1, 3)
+    if channels_first is None:
+        if first == last:
+            hint = ("give --channels-first for (N, C, H, W) or --channels-last for (N, H, W, C)"
+                    if first else "colour images have 1 or 3 channels")
+            raise DataError(f"{what} has shape {x.shape}; cannot tell where its channels are: "
+                            f"{hint}")
+        channels_first = first
+    if not (first if channels_first else last):
+        layout = "(N, C, H, W)" if channels_first else "(N, H, W, C)"
+        raise DataError(f"{what} has shape {x.shape}, not {layout} images with 1 or 3 channels; "
+                        "check the layout flag")
+    return x if channels_first else np.moveaxis(x, -1, 1)
+
+
+def _check_array(x: np.ndarray, what: str, counts: bool = False,
+                 channels_first: bool | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(N, H, W), (N, H, W, C), (N, C, H, W) or (N, D) uint8/float array → ((N, D) float32
+    tensor, data shape): (H, W) for grey images (C = 1 too), (C, H, W) for colour, channels
+    first. With ``counts``, integers keep their values (checked by the count likelihood)."""
+    if x.ndim not in (2, 3, 4):
         raise DataError(
-            f"{what} has shape {x.shape}; expected (N, H, W) images or (N, D) vectors"
+            f"{what} has shape {x.shape}; expected (N, H, W) or (N, H, W, C) images or (N, D) "
+            "vectors"
         )
     if 0 in x.shape:
         raise DataError(f"{what} is empty (shape {x.shape}); give at least one data point")
+    if x.ndim == 4:
+        x = channels_to_front(x, what, channels_first)
+        if x.shape[1] == 1:
+            x = x[:, 0]  # grey images, as (N, H, W)
     if counts and x.dtype.kind in "iub":
         if np.abs(x).max() > 2**24:
             raise DataError(f"{what} holds counts above 2^24, which float32 cannot hold exactly")

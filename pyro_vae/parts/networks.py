@@ -112,48 +112,83 @@ class MLP(_HiddenLayers):
         return Decoder(net, d, params_per_dim)
 
 
+class _Crop(nn.Module):
+    """(…, H', W') → (…, H, W): the top-left corner, undoing the encoder's padding."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.height, self.width = height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : self.height, : self.width]
+
+
 @register_network("conv")
 class Conv(_HiddenLayers):
-    """Two stride-2 convolutions and a dense layer of width ``hidden[-1]``, mirrored."""
+    """Stride-2 convolutions (kernel 4; 32, 64, 128, 256 channels) until the feature map's
+    longer side is at most 8 (at least two), then a dense layer of width ``hidden[-1]``; the
+    decoder mirrors it with transposed convolutions (the DCGAN layout of Radford et al. 2016,
+    as in most convolutional VAEs).
 
-    summary = "images with sides divisible by 4"
+    Images of any size, grey (H, W) or with C channels (C, H, W): they are padded with zeros at
+    the bottom and right to a multiple of 2^stages, and the decoder's output is cropped back.
+    The decoder gives k·C maps, the k likelihood parameters of each channel. 28×28 grey images
+    get two stages and no padding: the network of the first release.
+    """
+
+    summary = "images of any size, grey or colour"
 
     def check_data_shape(self, data_shape):
-        if len(data_shape) != 2 or data_shape[0] % 4 or data_shape[1] % 4:
-            return (f"--arch conv needs images whose height and width are multiples of 4, but "
-                    f"the data have shape {tuple(data_shape)}; use --arch mlp")
+        shape = tuple(data_shape)
+        if not (len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))):
+            return (f"--arch conv needs images, (H, W) or (C, H, W) with C = 1 or 3, but the "
+                    f"data have shape {shape}; use --arch mlp")
+        if min(shape[-2:]) < 4:
+            return f"--arch conv needs images of at least 4×4, not {shape}; use --arch mlp"
         return None
 
+    @staticmethod
+    def geometry(data_shape) -> tuple[int, int, int, int, list[int]]:
+        """C, H, W, the padded side multiple 2^stages, and the channels of each stage."""
+        channels = data_shape[0] if len(data_shape) == 3 else 1
+        height, width = data_shape[-2:]
+        stages = max(2, math.ceil(math.log2(max(height, width) / 8)))
+        widths = [min(_CHANNELS[0] * 2**i, 256) for i in range(stages)]
+        return channels, height, width, 2**stages, widths
+
     def encoder(self, data_shape):
-        height, width = data_shape
+        channels, height, width, multiple, widths = self.geometry(data_shape)
+        padded_h, padded_w = (math.ceil(s / multiple) * multiple for s in (height, width))
         act = _ACTIVATIONS[self.activation]
-        body = nn.Sequential(
-            nn.Unflatten(-1, (1, height, width)),
-            nn.Conv2d(1, _CHANNELS[0], 4, stride=2, padding=1),
-            act(),
-            nn.Conv2d(_CHANNELS[0], _CHANNELS[1], 4, stride=2, padding=1),
-            act(),
-            nn.Flatten(),
-            nn.Linear(_CHANNELS[-1] * (height // 4) * (width // 4), self.hidden[-1]),
-            act(),
-        )
-        return body, self.hidden[-1]
+        layers: list[nn.Module] = [nn.Unflatten(-1, (channels, height, width))]
+        if (padded_h, padded_w) != (height, width):
+            layers.append(nn.ZeroPad2d((0, padded_w - width, 0, padded_h - height)))
+        for n_in, n_out in zip([channels, *widths[:-1]], widths):
+            layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), act()]
+        small = widths[-1] * (padded_h // multiple) * (padded_w // multiple)
+        layers += [nn.Flatten(), nn.Linear(small, self.hidden[-1]), act()]
+        return nn.Sequential(*layers), self.hidden[-1]
 
     def decoder(self, z_dim, data_shape, params_per_dim):
-        height, width = data_shape
+        channels, height, width, multiple, widths = self.geometry(data_shape)
+        small_h, small_w = (math.ceil(s / multiple) for s in (height, width))
         act = _ACTIVATIONS[self.activation]
-        net = nn.Sequential(
-            nn.Linear(z_dim, self.hidden[-1]),
-            act(),
-            nn.Linear(self.hidden[-1], _CHANNELS[-1] * (height // 4) * (width // 4)),
-            act(),
-            nn.Unflatten(-1, (_CHANNELS[-1], height // 4, width // 4)),
-            nn.ConvTranspose2d(_CHANNELS[1], _CHANNELS[0], 4, stride=2, padding=1),
-            act(),
-            nn.ConvTranspose2d(_CHANNELS[0], params_per_dim, 4, stride=2, padding=1),
-            nn.Flatten(-2),  # (n, k, H·W)
-        )
-        return Decoder(net, height * width, params_per_dim, channels_first=True)
+        layers: list[nn.Module] = [
+            nn.Linear(z_dim, self.hidden[-1]), act(),
+            nn.Linear(self.hidden[-1], widths[-1] * small_h * small_w), act(),
+            nn.Unflatten(-1, (widths[-1], small_h, small_w)),
+        ]
+        outs = [*reversed(widths[:-1]), params_per_dim * channels]
+        for i, (n_in, n_out) in enumerate(zip(reversed(widths), outs)):
+            layers.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
+            if i < len(outs) - 1:
+                layers.append(act())
+        if (small_h * multiple, small_w * multiple) != (height, width):
+            layers.append(_Crop(height, width))
+        # (n, k·C, H, W) → (n, k, C·H·W): the k parameters of each value, in data order.
+        layers += [nn.Unflatten(1, (params_per_dim, channels)), nn.Flatten(2)]
+        return Decoder(nn.Sequential(*layers), channels * height * width, params_per_dim,
+                       channels_first=True)
 
 
 @register_network("linear")
