@@ -109,7 +109,7 @@ def main() -> None:
     x = binarize(data.train).to(args.device)
     print(f"{'batch':>6} {'pyro_vae img/s':>15} {'plain img/s':>12} {'ratio':>6}")
     for batch_size in args.batch_sizes:
-        config = pyro_vae.Config(batch_size=batch_size, data_shape=(28, 28))
+        config = pyro_vae.Config(batch_size=batch_size).for_data((28, 28), 60000)
         pyro_step, plain_step = make_pair(config, args.device)
         batches = list(x[: args.images].split(batch_size))
         for step in (pyro_step, plain_step):  # warm-up: allocator, tracing the objective
@@ -122,8 +122,8 @@ def main() -> None:
     epoch = list(x.split(128))
     ours, theirs, ratios = [], [], []
     for _ in range(args.epochs):
-        pyro_step, plain_step = make_pair(pyro_vae.Config(batch_size=128, data_shape=(28, 28)),
-                                          args.device)
+        config = pyro_vae.Config(batch_size=128).for_data((28, 28), 60000)
+        pyro_step, plain_step = make_pair(config, args.device)
         first = [True]
 
         def fit_step(batch):
