@@ -398,7 +398,7 @@ class ZINBLikelihood(_Dispersed):
     feature, θ_d is learned per feature. Pyro's ``ZeroInflatedNegativeBinomial``.
     """
 
-    summary = "zero-inflated counts (scVI)"
+    summary = "zero-inflated counts, as scVI"
     params_per_dim = 2
 
     def forward(self, params: torch.Tensor, x: torch.Tensor | None = None):

@@ -34,7 +34,7 @@ class Standardize(nn.Module):
     def adapt(self, x: torch.Tensor) -> None:
         """Set loc and scale to the mean and standard deviation of ``x`` (N, D); a feature
         that never varies keeps scale 1."""
-        std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(self.scale)
+        std = x.std(0, correction=0) if x.shape[0] > 1 else torch.ones_like(self.scale)
         self.loc.copy_(x.mean(0))
         self.scale.copy_(torch.where(std > 1e-8 * (1 + x.abs().amax(0)), std,
                                      torch.ones_like(std)))
