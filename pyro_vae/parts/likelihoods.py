@@ -148,6 +148,7 @@ class _FixedScaleLikelihood(Likelihood):
     """x_d ~ family(f_d(z), c) with one fixed scale c > 0 for every dimension."""
 
     family: type[dist.TorchDistribution]
+    real_line = True
     scale = Option(float, 0.1, "Fixed scale c of the normal (N(f(z), c²I)) and laplace "
                    "likelihoods, in data units (with --standardize, in standard deviations of "
                    "each feature).", positive, flag="obs-scale")
@@ -175,7 +176,6 @@ class NormalLikelihood(_FixedScaleLikelihood):
 
     summary = "fixed scale"
     family = dist.Normal
-    real_line = True
 
 
 @register_likelihood("continuous-bernoulli")
@@ -242,7 +242,6 @@ class LaplaceLikelihood(_FixedScaleLikelihood):
 
     summary = "L1 error"
     family = dist.Laplace
-    real_line = True
 
 
 @register_likelihood("categorical")
@@ -331,6 +330,9 @@ class _CountLikelihood(Likelihood):
         library = self.library_size if x is None else x.sum(-1, keepdim=True).clamp(min=1e-8)
         return f.log_softmax(-1) + torch.log(library)
 
+    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_rate(params, x).exp()
+
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log1p(x)  # as scVI's encoder reads counts
 
@@ -350,9 +352,6 @@ class PoissonLikelihood(_CountLikelihood):
     def forward(self, params: torch.Tensor, x: torch.Tensor | None = None):
         return dist.Poisson(self.log_rate(params, x).exp()).to_event(1)
 
-    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        return self.log_rate(params, x).exp()
-
 
 class _Dispersed(_CountLikelihood):
     """A learned inverse dispersion θ_d > 0 per feature (``log_theta``, (D,))."""
@@ -368,9 +367,6 @@ class _Dispersed(_CountLikelihood):
     def _nb_logits(self, params, x):
         """NB logits log(μ/θ): torch's NegativeBinomial(θ, logits) has mean θ·e^logits = μ."""
         return self.log_rate(params, x) - self.log_theta
-
-    def mean(self, params: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        return self.log_rate(params, x).exp()
 
 
 @register_likelihood("negbinomial")
