@@ -249,11 +249,17 @@ class DataConfig:
         "maps and encodings).", metavar="NAME")
     drop_non_numeric: bool = option(
         bool, False, "Tables: drop columns that are not numbers instead of refusing the table.")
+    stream: bool | None = option(
+        bool, None, ".npy files: leave the training rows in the file and read them batch by "
+        "batch through a memory map, shuffled in blocks. Default: when the file is larger than "
+        "half the available memory.", flag="stream/--no-stream")
 
     def __post_init__(self) -> None:
-        if self.channels_first is not None and not isinstance(self.channels_first, bool):
-            raise ConfigError(f"channels_first must be true, false or null (automatic), got "
-                              f"{self.channels_first!r}")
+        for name in ("channels_first", "stream"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true, false or null (automatic), got "
+                                  f"{value!r}")
         _validate_fields(self)
         table = str(self.dataset).lower().endswith((".csv", ".parquet"))
         for name in ("label_column", "drop_non_numeric"):

@@ -1,15 +1,19 @@
-"""Datasets held in memory as one tensor.
+"""Datasets: held in memory, or streamed from a memory-mapped ``.npy`` file.
 
 Named image datasets (Fashion-MNIST, MNIST, KMNIST) come through torchvision; a user's own data
 come as ``.npy`` (one array) or ``.npz`` (``x_train`` and optional ``x_test``, Keras's
 ``mnist.npz`` convention), shaped (N, H, W) or (N, D), as uint8 grey levels 0–255 or floats, or
 as a ``.csv``/``.parquet`` table read with pandas (numeric columns are the features, an optional
-``--label-column`` holds class labels). Everything is flattened to (N, D) float32; uint8 grey
-levels are mapped to [0, 1] by dividing by 255, except integer arrays holding only 0 and 1, which
-are binary data and kept as 0.0/1.0. For a count likelihood (``counts`` capability: poisson,
-negbinomial, zinb, binomial) integers are kept as they are, whatever their range. Table values
-are never read as grey levels. Minibatches are slices of that tensor on the training device: no
-per-image Python transforms.
+``--label-column`` holds class labels). Everything is flattened to (N, D) rows.
+
+Rows are *stored* compactly and converted to float32 batch by batch on the training device
+(:func:`as_float`): grey levels as uint8 (k stands for k/255; 4× less memory than float32),
+binary data (integer arrays holding only 0 and 1) and binarised draws as bool, everything else
+(floats, table values, and integers for a count likelihood, ``counts`` capability: poisson,
+negbinomial, zinb, binomial) as float32 values. :attr:`Data.train` and :attr:`Data.test` give the
+float32 values; :attr:`Data.train_rows` and :attr:`Data.test_rows` what is stored. A ``.npy``
+file larger than half the available memory, or any ``.npy`` with ``--stream``, is not read at
+all: its training rows stay in the file and are read batch by batch (:mod:`.stream`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ import os
 import shutil
 import tempfile
 import zipfile
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from ..config import Config, DataConfig
 from ..errors import DataError
 from .folders import class_names as folder_class_names
 from .folders import read_folder
+from .stream import MappedRows, open_npy, should_stream
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 DEBIAN_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -51,15 +54,15 @@ _IDX_FILES = (
 )
 
 
-@dataclass
 class Data:
-    """A train/test split in memory.
+    """A train/test split: rows stored compactly, read as float32 values.
 
-    Attributes
+    Parameters
     ----------
-    train, test : Tensor
-        (N, D) and (M, D) float32 on the CPU: grey levels in [0, 1] for image data, counts as
-        they are for a count likelihood, table values as they are.
+    train, test : Tensor or MappedRows
+        (N, D) and (M, D) rows, stored as uint8 grey levels (k for k/255), bool 0/1 values or
+        float32 values (a float tensor of yours is used as it is), or for training data
+        streamed from a file a :class:`~pyro_vae.io.stream.MappedRows`.
     data_shape : tuple of int
         Shape of one data point before flattening, (28, 28) for MNIST-like images.
     train_labels, test_labels : Tensor or None
@@ -68,12 +71,39 @@ class Data:
         Where the data came from, for messages.
     """
 
-    train: torch.Tensor
-    test: torch.Tensor
-    data_shape: tuple[int, ...]
-    train_labels: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
-    source: str = ""
+    def __init__(self, train, test, data_shape: tuple[int, ...],
+                 train_labels: torch.Tensor | None = None,
+                 test_labels: torch.Tensor | None = None, source: str = ""):
+        self.train_rows, self.test_rows = train, test
+        self.data_shape = tuple(data_shape)
+        self.train_labels, self.test_labels, self.source = train_labels, test_labels, source
+
+    @property
+    def train(self) -> torch.Tensor:
+        """(N, D) float32 training data: grey levels in [0, 1] for image data, counts as they
+        are for a count likelihood, table values as they are (read into memory when streamed)."""
+        return as_float(self.train_rows)
+
+    @property
+    def test(self) -> torch.Tensor:
+        """(M, D) float32 test data, as :attr:`train`."""
+        return as_float(self.test_rows)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the training rows are read from a file batch by batch."""
+        return isinstance(self.train_rows, MappedRows)
+
+    def replace(self, **changes) -> "Data":
+        """A copy with the given attributes (``train``, ``test``, ``train_labels`` …) changed."""
+        fields = {"train": self.train_rows, "test": self.test_rows, "data_shape": self.data_shape,
+                  "train_labels": self.train_labels, "test_labels": self.test_labels,
+                  "source": self.source}
+        return Data(**{**fields, **changes})
+
+    def __repr__(self) -> str:
+        return (f"Data({self.train_rows.shape[0]} training and {self.test_rows.shape[0]} test "
+                f"points of shape {self.data_shape} from {self.source or 'memory'})")
 
     @property
     def is_image(self) -> bool:
@@ -81,6 +111,61 @@ class Data:
         be drawn."""
         return len(self.data_shape) == 2 or (len(self.data_shape) == 3
                                              and self.data_shape[0] in (1, 3))
+
+
+def as_float(x) -> torch.Tensor:
+    """Stored rows → float32 values on the same device: uint8 grey levels k → k/255, bool →
+    0.0/1.0, float tensors as they are (the same tensor); a
+    :class:`~pyro_vae.io.stream.MappedRows` is read into memory first."""
+    if isinstance(x, MappedRows):
+        x = x.gather()
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if x.dtype == torch.bool:
+        return x.float()
+    return x
+
+
+def store(x: np.ndarray, kind: str) -> torch.Tensor:
+    """(N, …) array → (N, D) stored rows of ``kind``: ``levels`` (uint8), ``binary`` (bool) or
+    ``values`` (float32)."""
+    flat = x.reshape(x.shape[0], -1)
+    if kind == "levels":
+        return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.uint8))
+    if kind == "binary":
+        return torch.from_numpy(np.ascontiguousarray(flat != 0))
+    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+
+
+def chunks(x, elements: int = 1 << 22):
+    """Stored rows (a tensor or :class:`~pyro_vae.io.stream.MappedRows`) in consecutive
+    chunks of about ``elements`` values each, so that only one chunk is float at a time."""
+    if isinstance(x, MappedRows):
+        yield from x.chunks()
+        return
+    yield from x.split(max(1, elements // max(1, x.shape[1]))) if x.shape[0] else [x]
+
+
+def sample_rows(x, values: int = 1 << 24) -> torch.Tensor:
+    """Evenly spaced rows of stored data, at most ``values`` values (64 MB) in all, as float32
+    (all rows of float data held in memory): what is estimated from the data before training
+    (:meth:`VAE.adapt`: means, scales, library sizes) without a float copy of a large set."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x
+    limit = max(1, values // max(1, x.shape[1]))
+    return as_float(x[:: max(1, math.ceil(x.shape[0] / limit))])
+
+
+def binarize_rows(x, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Bernoulli draw per value of stored rows (N, D) → (N, D) bool, chunk by chunk. On the
+    CPU these are exactly the draws of ``binarize(as_float(x))``: torch draws element by element
+    in order, so chunking does not change them."""
+    out = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    start = 0
+    for chunk in chunks(x):
+        out[start : start + chunk.shape[0]] = torch.bernoulli(as_float(chunk), generator=generator)
+        start += chunk.shape[0]
+    return out
 
 
 def load_data(config: Config) -> Data:
@@ -118,6 +203,9 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
     """
     name = source.dataset
     if name in NAMED_DATASETS:
+        if source.stream:
+            raise DataError(f"--stream reads .npy files only, not the named dataset {name}; "
+                            "drop --stream")
         data = _load_named(name, source.data_dir, counts)
     elif name.lower().endswith(_SUFFIXES) or os.path.exists(name):
         data = _load_file(name, source, counts, holdout=source.test_dataset is None)
@@ -134,7 +222,7 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
                 f"{source.test_dataset} holds data of shape {test_shape} but the training data "
                 f"have shape {data.data_shape}; give a test file matching the training data"
             )
-        data.test, data.test_labels = test, test_labels
+        data.test_rows, data.test_labels = test, test_labels
     return data
 
 
@@ -150,9 +238,8 @@ def prepare_data(data: Data, config: Config) -> Data:
     """
     if config.limit is not None:
         labels = data.train_labels
-        data = dataclasses.replace(
-            data,
-            train=data.train[: config.limit],
+        data = data.replace(
+            train=data.train_rows[: config.limit],
             train_labels=labels[: config.limit] if labels is not None else None,
         )
     check_data(data, config)
@@ -161,23 +248,28 @@ def prepare_data(data: Data, config: Config) -> Data:
 
 def check_data(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
-    check_values(data.train, f"the training data from {data.source}", config)
-    check_values(data.test, f"the test data from {data.source}", config)
-    if data.train.shape[0] < config.batch_size:
+    check_values(data.train_rows, f"the training data from {data.source}", config)
+    check_values(data.test_rows, f"the test data from {data.source}", config)
+    if data.train_rows.shape[0] < config.batch_size:
         raise DataError(
-            f"only {data.train.shape[0]} training images but --batch-size is "
+            f"only {data.train_rows.shape[0]} training images but --batch-size is "
             f"{config.batch_size}; lower --batch-size or give more data"
         )
 
 
-def check_values(x: torch.Tensor, what: str, config: Config) -> None:
-    """Raise :class:`DataError` if ``x`` (N, D) is empty, non-finite, or outside the support
-    of the likelihood ``config`` names."""
+def check_values(x, what: str, config: Config) -> None:
+    """Raise :class:`DataError` if the rows ``x`` (N, D; stored, see :class:`Data`) are empty,
+    non-finite, or outside the support of the likelihood ``config`` names. Checked chunk by
+    chunk, so streamed data are read once and never held whole."""
     if x.shape[0] == 0:
         raise DataError(f"{what} are empty; give at least one image")
-    if not bool(torch.isfinite(x).all()):
-        raise DataError(f"{what} contain NaN or infinite values; remove or impute them first")
-    config.model.likelihood.build().check_support(x, what, config.binarization)
+    likelihood = config.model.likelihood.build()
+    for chunk in chunks(x):
+        chunk = as_float(chunk)
+        if not bool(torch.isfinite(chunk).all()):
+            raise DataError(f"{what} contain NaN or infinite values; remove or impute them "
+                            "first")
+        likelihood.check_support(chunk, what, config.binarization)
 
 
 def load_eval_data(
@@ -211,11 +303,12 @@ def load_eval_data(
     counts = _counts(config)
     if dataset is None:
         data = read_data(config.data, counts)
-        x, labels, source = data.test, data.test_labels, f"the test set of {config.data.dataset}"
+        x, labels = data.test_rows, data.test_labels
+        source = f"the test set of {config.data.dataset}"
         shape = data.data_shape
     elif dataset in NAMED_DATASETS:
         data = _load_named(dataset, config.data.data_dir, counts)
-        x, labels, source = data.test, data.test_labels, f"the test split of {dataset}"
+        x, labels, source = data.test_rows, data.test_labels, f"the test split of {dataset}"
         shape = data.data_shape
     else:
         x, labels, shape = _read_test_file(dataset, config.data, counts)
@@ -228,6 +321,7 @@ def load_eval_data(
     if limit is not None:
         x, labels = x[:limit], labels[:limit] if labels is not None else None
     check_values(x, source, config)
+    x = as_float(x)
     if binarized and config.binarizes:
         x = binarize_fixed(x)
     return x, labels, source
@@ -299,9 +393,10 @@ def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
             f"the {name} files in {Path(root) / cls.__name__} are damaged ({err}); delete that "
             "folder and run again"
         ) from None
+    kind = "values" if counts else "levels"
     return Data(
-        train=_to_float(train.data.numpy(), counts),
-        test=_to_float(test.data.numpy(), counts),
+        train=store(train.data.numpy(), kind),
+        test=store(test.data.numpy(), kind),
         data_shape=tuple(train.data.shape[1:]),
         train_labels=train.targets.clone(),
         test_labels=test.targets.clone(),
@@ -367,6 +462,8 @@ def _copy_raw(cls, base: Path, root: Path) -> Path:
 
 
 def _load_file(path: str, source: DataConfig, counts: bool, holdout: bool = True) -> Data:
+    if should_stream(path, source.stream):
+        return _stream_file(path, source, counts, holdout)
     arrays = _read_arrays(path, source)
     if "x_train" not in arrays:
         raise DataError(f"{path} has no array x_train; save the training images as x_train")
@@ -385,17 +482,37 @@ def _load_file(path: str, source: DataConfig, counts: bool, holdout: bool = True
         return Data(x, test, shape, labels, test_labels, source=path)
     if not holdout:  # a separate test file will be read
         return Data(x, x[:0], shape, labels, None, source=path)
-    if x.shape[0] < 2:
-        raise DataError(f"{path} holds {x.shape[0]} data point; give at least two")
-    # A seeded 10% hold-out that does not depend on --seed, so runs share one test set.
-    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
-    perm = torch.randperm(x.shape[0], generator=generator)
-    n_test = max(1, math.ceil(HOLDOUT_FRACTION * x.shape[0]))
-    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    train_idx, test_idx = _holdout(x.shape[0], path)
     pick = (lambda t, i: t[i] if t is not None else None)
     return Data(
         x[train_idx], x[test_idx], shape, pick(labels, train_idx), pick(labels, test_idx), path
     )
+
+
+def _holdout(n: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ascending training and test rows of a seeded 10% hold-out that does not depend on
+    --seed (nor on whether the file is streamed), so runs share one test set."""
+    if n < 2:
+        raise DataError(f"{path} holds {n} data point; give at least two")
+    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
+    perm = torch.randperm(n, generator=generator)
+    n_test = max(1, math.ceil(HOLDOUT_FRACTION * n))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def _stream_file(path: str, source: DataConfig, counts: bool, holdout: bool) -> Data:
+    """A .npy file's training rows left in the file (:class:`~.stream.MappedRows`), read batch
+    by batch; its 10% hold-out (the same rows as in memory) read into memory."""
+    array, mapped = open_npy(path)
+    x = _layout(array, f"{path} (x_train)", source.channels_first)
+    rows = MappedRows(x, mapped, "values")
+    rows.kind = _kind(x, f"{path} (x_train)", counts, release=rows.release)
+    shape = tuple(int(s) for s in x.shape[1:])
+    if not holdout:  # a separate test file will be read
+        return Data(rows, rows[:0].gather(), shape, source=path)
+    train_idx, test_idx = _holdout(x.shape[0], path)
+    return Data(rows.subset(train_idx.numpy()), rows.subset(test_idx.numpy()).gather(), shape,
+                source=path)
 
 
 def _read_test_file(path: str, source: DataConfig, counts: bool
@@ -532,11 +649,9 @@ def channels_to_front(x: np.ndarray, what: str, channels_first: bool | None) -> 
     return x if channels_first else np.moveaxis(x, -1, 1)
 
 
-def _check_array(x: np.ndarray, what: str, counts: bool = False,
-                 channels_first: bool | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(N, H, W), (N, H, W, C), (N, C, H, W) or (N, D) uint8/float array → ((N, D) float32
-    tensor, data shape): (H, W) for grey images (C = 1 too), (C, H, W) for colour, channels
-    first. With ``counts``, integers keep their values (checked by the count likelihood)."""
+def _layout(x: np.ndarray, what: str, channels_first: bool | None) -> np.ndarray:
+    """(N, H, W), (N, H, W, C), (N, C, H, W) or (N, D) → (N, H, W), (N, C, H, W) or (N, D), a
+    view where possible (grey for C = 1)."""
     if x.ndim not in (2, 3, 4):
         raise DataError(
             f"{what} has shape {x.shape}; expected (N, H, W) or (N, H, W, C) images or (N, D) "
@@ -548,36 +663,53 @@ def _check_array(x: np.ndarray, what: str, counts: bool = False,
         x = channels_to_front(x, what, channels_first)
         if x.shape[1] == 1:
             x = x[:, 0]  # grey images, as (N, H, W)
-    if counts and x.dtype.kind in "iub":
-        if np.abs(x).max() > 2**24:
-            raise DataError(f"{what} holds counts above 2^24, which float32 cannot hold exactly")
-        return torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), (
-            tuple(int(s) for s in x.shape[1:]))
-    if x.dtype.kind in "iub" and x.min() >= 0 and x.max() <= 1:
-        return torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), (
-            tuple(int(s) for s in x.shape[1:])
-        )  # binary data, 0/1, not grey levels 0/255 and 1/255
-    if x.dtype.kind in "iu" and x.dtype != np.uint8:
-        if x.min() < 0 or x.max() > 255:
+    return x
+
+
+def _kind(x: np.ndarray, what: str, counts: bool = False, release=None) -> str:
+    """How the values of ``x`` are stored (:func:`store`), after checking them chunk by chunk
+    (a memory-mapped file is read once, never whole): ``values`` for counts (integers, with a
+    count likelihood) and floats, ``binary`` for integers holding only 0 and 1, ``levels``
+    for other integers in 0–255 (grey levels). ``release`` is called between chunks."""
+    if x.dtype.kind not in "iubf":
+        raise DataError(f"{what} holds {x.dtype} values; give uint8 grey levels 0-255 or floats")
+    step = max(1, (1 << 24) // max(1, math.prod(x.shape[1:])))
+    low, high, finite = math.inf, -math.inf, True
+    for start in range(0, x.shape[0], step):
+        if release is not None and start:
+            release()  # a memory map: let go of the pages already checked
+        chunk = x[start : start + step]
+        if x.dtype.kind == "f":
+            ok = np.isfinite(chunk)
+            finite = finite and bool(ok.all())
+            chunk = chunk[ok] if not finite else chunk
+        if chunk.size:
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if x.dtype.kind in "iub":
+        if counts:
+            if max(abs(low), abs(high)) > 2**24:
+                raise DataError(f"{what} holds counts above 2^24, which float32 cannot hold "
+                                "exactly")
+            return "values"
+        if low >= 0 and high <= 1:
+            return "binary"  # binary data, 0/1, not grey levels 0/255 and 1/255
+        if low < 0 or high > 255:
             raise DataError(f"{what} holds integers outside 0-255; give uint8 grey levels, or "
                             "choose a count likelihood (--likelihood poisson, negbinomial, zinb) "
                             "for counts")
-        x = x.astype(np.uint8)
-    elif x.dtype.kind not in "uf":
-        raise DataError(f"{what} holds {x.dtype} values; give uint8 grey levels 0-255 or floats")
-    if x.dtype.kind == "f":
-        finite = np.isfinite(x)
-        if not finite.all():
-            raise DataError(f"{what} contains NaN or infinite values; remove or impute them")
-        if np.abs(x).max() > np.finfo(np.float32).max:
-            raise DataError(f"{what} holds values beyond float32 range; rescale the data")
-    return _to_float(x), tuple(int(s) for s in x.shape[1:])
+        return "levels"
+    if not finite:
+        raise DataError(f"{what} contains NaN or infinite values; remove or impute them")
+    if max(abs(low), abs(high)) > np.finfo(np.float32).max:
+        raise DataError(f"{what} holds values beyond float32 range; rescale the data")
+    return "values"
 
 
-def _to_float(x: np.ndarray, counts: bool = False) -> torch.Tensor:
-    """(N, …) uint8 or float array → (N, D) float32 tensor; uint8 is divided by 255 unless the
-    values are ``counts``."""
-    flat = x.reshape(x.shape[0], -1)
-    if flat.dtype == np.uint8 and not counts:
-        return torch.from_numpy(flat.astype(np.float32) / 255.0)
-    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+def _check_array(x: np.ndarray, what: str, counts: bool = False,
+                 channels_first: bool | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(N, H, W), (N, H, W, C), (N, C, H, W) or (N, D) integer or float array → ((N, D) stored
+    rows (:func:`store`), data shape): (H, W) for grey images (C = 1 too), (C, H, W) for
+    colour, channels first. With ``counts``, integers keep their values (checked by the count
+    likelihood)."""
+    x = _layout(x, what, channels_first)
+    return store(x, _kind(x, what, counts)), tuple(int(s) for s in x.shape[1:])

@@ -26,7 +26,10 @@ from ..config import Config, DataConfig, TrainConfig, section_options, section_v
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..io import checkpoint
-from ..io.data import Data, binarize, binarize_fixed, load_data, prepare_data
+from ..io.data import (
+    TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, load_data,
+    prepare_data, sample_rows)
+from ..io.stream import MappedRows
 from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
 from ..registry import OBJECTIVES
@@ -53,14 +56,15 @@ class FitResult(NamedTuple):
 def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
     """Single-sample estimate of −ELBO(x) by ``Trace_ELBO``, averaged over x (nats per image).
 
-    ``x`` is (N, D) on the model's device, already binarised where the likelihood needs it.
-    The model and guide are called without schedule arguments: the plain ELBO, without β,
-    corruption or contractive penalty.
+    ``x`` is (N, D) on the model's device, already binarised where the likelihood needs it:
+    float32 values, or rows as :class:`~pyro_vae.io.data.Data` stores them (uint8 grey levels,
+    bool), converted batch by batch. The model and guide are called without schedule
+    arguments: the plain ELBO, without β, corruption or contractive penalty.
     """
     elbo, total, was_training = Trace_ELBO(), 0.0, vae.training
     vae.eval()
     for start in range(0, x.shape[0], batch_size):
-        total += elbo.loss(vae.model, vae.guide, x[start : start + batch_size])
+        total += elbo.loss(vae.model, vae.guide, as_float(x[start : start + batch_size]))
     vae.train(was_training)
     return total / x.shape[0]
 
@@ -180,19 +184,22 @@ class TrainingPlan:
         if OBJECTIVES[train.elbo].analytic_kl:
             self._warn_sampled_kl()
 
-    def _place(self, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training and test data on the device, binarised as the run asks."""
-        train_x, test_x = data.train.to(self.device), data.test.to(self.device)
+    def _place(self, data: Data) -> tuple[torch.Tensor | MappedRows, torch.Tensor]:
+        """Training and test rows on the device as stored (uint8 grey levels stay uint8, and
+        binary draws are bool: converted batch by batch), binarised as the run asks; streamed
+        training rows stay in their file."""
+        train_x, test_x = data.train_rows.to(self.device), data.test_rows.to(self.device)
         binarization = self.config.binarization
-        if self.config.binarizes:
-            test_x = binarize_fixed(test_x)
+        if self.config.binarizes:  # the draws of binarize_fixed, as evaluate makes them
+            generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+            test_x = binarize_rows(test_x.cpu(), generator).to(self.device)
         if binarization == "static":  # one draw of its own, kept for the whole run
             generator = torch.Generator().manual_seed(self.config.train.seed)
-            train_x = binarize(train_x.cpu(), generator).to(self.device)
+            train_x = binarize_rows(train_x.cpu(), generator).to(self.device)
         return train_x, test_x
 
     def _warn_sampled_kl(self) -> None:
-        probe = self.train_x[: self.config.train.batch_size]
+        probe = as_float(self.train_x[: self.config.train.batch_size]).to(self.device)
         probe = binarize_fixed(probe) if self.config.binarization == "dynamic" else probe
         for site in sampled_kl_sites(self.vae.model, self.vae.guide, probe):
             message = f"meanfield: no closed-form KL for {site}; it is estimated by sampling"
@@ -245,7 +252,9 @@ class TrainingPlan:
 
     def _run_epoch(self, number: int) -> None:
         epoch = _Epoch(number, checkpoint.capture_rng())
-        x = binarize(self.train_x) if self.config.binarization == "dynamic" else self.train_x
+        x = self.train_x
+        if self.config.binarization == "dynamic" and not isinstance(x, MappedRows):
+            x = binarize_rows(x)  # a fresh draw of the whole set (streamed: batch by batch)
         self._train_epoch(epoch, x)
         total, seen = epoch.total, epoch.seen
         if self.cluster is not None:
@@ -289,10 +298,14 @@ class TrainingPlan:
 
         Under torchrun every rank draws the same permutation (seeded by seed and epoch) and
         steps through its own shard with its share of the batch."""
+        streamed = isinstance(x, MappedRows)  # shuffled in blocks, to read the file in runs
         if self.cluster is None:
-            return torch.randperm(x.shape[0], device=x.device), self.config.train.batch_size
+            order = x.order() if streamed else torch.randperm(x.shape[0], device=x.device)
+            return order, self.config.train.batch_size
         generator = torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch)
-        order = distributed.shard(torch.randperm(x.shape[0], generator=generator), self.cluster)
+        order = (x.order(generator) if streamed
+                 else torch.randperm(x.shape[0], generator=generator))
+        order = distributed.shard(order, self.cluster)
         return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
                                                            self.cluster)
 
@@ -314,7 +327,7 @@ class TrainingPlan:
                   disable=None if self.progress else True, leave=False, dynamic_ncols=True,
                   initial=min(n, epoch.step * batch_size)) as bar:
             for step in range(epoch.step, steps):
-                batch = x[order[step * batch_size : (step + 1) * batch_size]]
+                batch = self._batch(x, order[step * batch_size : (step + 1) * batch_size])
                 loss = self._take_step(batch, epoch, step, steps)
                 bar.update(batch.shape[0])
                 if step % 20 == 0 and loss is not None:
@@ -324,6 +337,16 @@ class TrainingPlan:
                     self._between_steps(epoch)
         if x.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def _batch(self, x: torch.Tensor | MappedRows, positions: torch.Tensor) -> torch.Tensor:
+        """The rows at ``positions`` as float32 on the device: read from the file when
+        streamed (and binarised here, under dynamic binarisation), converted from uint8 grey
+        levels or bool draws on the device."""
+        batch = x[positions]
+        if isinstance(x, MappedRows):
+            batch = as_float(batch.to(self.device, non_blocking=True))
+            return binarize(batch) if self.config.binarization == "dynamic" else batch
+        return as_float(batch)
 
     def kl_weight(self, epoch: int, step: int, steps: int, device) -> torch.Tensor | None:
         """The KL weight of this step as a 0-d tensor (an argument of the model and guide, so
@@ -400,9 +423,9 @@ class TrainingPlan:
         if vae.can_sample:
             pictures.save_grid(vae, vae.sample(NUM_SAMPLES, mean=True), shape,
                                run_dir / "samples.png")
-        shown = self.data.test.to(self.test_x.device)
-        grid, per_row = pictures.reconstructions(
-            vae, shown, self.test_x if self.config.binarizes else None, NUM_RECONSTRUCTIONS)
+        shown = as_float(self.data.test_rows[:NUM_RECONSTRUCTIONS]).to(self.test_x.device)
+        seen = (as_float(self.test_x[:NUM_RECONSTRUCTIONS]) if self.config.binarizes else None)
+        grid, per_row = pictures.reconstructions(vae, shown, seen, NUM_RECONSTRUCTIONS)
         pictures.save_grid(vae, grid, shape, run_dir / "reconstructions.png", nrow=per_row)
 
 
@@ -501,7 +524,7 @@ def fit(
         _fit_user_model(vae, data)
         pyro.set_rng_seed(config.train.seed)
     if state is None and not vae.adapted:
-        vae.adapt(data.train)
+        vae.adapt(sample_rows(data.train_rows))
     if out is not None:
         checkpoint.check_free_space(out, vae)
     run = RunWriter(out, overwrite, config, existing=state is not None) if out else None
@@ -539,7 +562,13 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     else:
         data = prepare_data(data, config)
         config = config.replace(dataset=data.source or "in-memory data")
-    return config.for_data(data.data_shape, data.train.shape[0]), data  # stored as decided
+    if config.data.stream is None and config.data.dataset.lower().endswith(".npy"):
+        config = config.replace(stream=data.streamed)  # stored as decided
+    if data.streamed and config.binarization == "static":
+        raise ConfigError("--binarize static keeps one draw of every training image in memory, "
+                          "which streamed data cannot; use --binarize dynamic (drawn batch by "
+                          "batch) or --no-stream")
+    return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
 
 
 def _fit_user_model(vae: VAE, data: Data) -> None:
