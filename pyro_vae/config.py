@@ -253,8 +253,20 @@ class DataConfig:
         bool, None, ".npy files: leave the training rows in the file and read them batch by "
         "batch through a memory map, shuffled in blocks. Default: when the file is larger than "
         "half the available memory.", flag="stream/--no-stream")
+    #: Tables: the feature columns' names, in the order the model reads them, and the class
+    #: names of a label column that holds names (codes are their positions). Set by ``fit``
+    #: from the training table, so that test tables are read by name, not by position.
+    columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        for name in DATA_DECIDED:
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, (list, tuple)) or not all(
+                        isinstance(v, str) for v in value):
+                    raise ConfigError(f"{name} must be a list of names, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
         for name in ("channels_first", "stream"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -266,6 +278,10 @@ class DataConfig:
             if getattr(self, name) and not table:
                 raise ConfigError(f"--{name.replace('_', '-')} applies to tables (.csv, "
                                   ".parquet) only; drop it")
+
+
+#: DataConfig fields that the data decide (not options): read from the training table.
+DATA_DECIDED = ("columns", "classes")
 
 
 @dataclass(frozen=True)
@@ -396,11 +412,12 @@ class Config:
         unknown = sorted(set(given) - set(section_options(TrainConfig))
                          - set(section_options(DataConfig)) - set(part_option_flags())
                          - set(PART_KINDS) - set(section_options(ModelConfig))
-                         - {"data_shape"})
+                         - {"data_shape", *DATA_DECIDED})
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
         self.train = TrainConfig(**section_values(given, TrainConfig))
-        self.data = DataConfig(**section_values(given, DataConfig))
+        self.data = DataConfig(**section_values(given, DataConfig),
+                               **{k: given[k] for k in DATA_DECIDED if k in given})
         chosen = {kind: given.get(kind, registry.default) for kind, registry in PART_KINDS.items()}
         self.model = ModelConfig(
             **section_values(given, ModelConfig), data_shape=given.get("data_shape"),
@@ -515,11 +532,14 @@ class Config:
         model_changes = {k: v for k, v in changes.items()
                          if k not in section_options(DataConfig)
                          and k not in section_options(TrainConfig)}
+        model_changes = {k: v for k, v in model_changes.items() if k not in DATA_DECIDED}
         if set(model_changes) - {*section_options(ModelConfig), "data_shape"}:
             raise ConfigError(f"option {sorted(model_changes)[0]!r} describes a built-in model; "
                               "a VAE you built brings its own networks and parts")
         return Config.of(dataclasses.replace(self.model, **model_changes),
-                         dataclasses.replace(self.data, **section_values(changes, DataConfig)),
+                         dataclasses.replace(self.data, **section_values(changes, DataConfig),
+                                             **{k: v for k, v in changes.items()
+                                                if k in DATA_DECIDED}),
                          dataclasses.replace(self.train, **section_values(changes, TrainConfig)))
 
     def for_data(self, data_shape: tuple[int, ...], train_size: int) -> "Config":
@@ -629,7 +649,7 @@ def _part_from_dict(kind: str, body: object) -> PartChoice | None:
 
 
 _V2_KEYS = {"model": {*section_options(ModelConfig), "data_shape", "user_built", *PART_KINDS},
-            "data": set(section_options(DataConfig)), "training": set(section_options(TrainConfig))}
+            "data": {*section_options(DataConfig), *DATA_DECIDED}, "training": set(section_options(TrainConfig))}
 
 
 def _from_v2(payload: dict, model_only: bool) -> Config:

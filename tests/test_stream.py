@@ -51,8 +51,8 @@ def test_streamed_file_holds_the_rows_and_test_set_of_the_in_memory_read(grey_np
     mapped = read_data(DataConfig(dataset=str(grey_npy), stream=True))
     assert not memory.streamed and mapped.streamed
     assert isinstance(mapped.train_rows, MappedRows) and mapped.train_rows.shape == (2700, 784)
-    assert mapped.test_rows.dtype == torch.uint8  # the 10% hold-out, in memory
-    assert torch.equal(mapped.test_rows, memory.test_rows)
+    assert isinstance(mapped.test_rows, MappedRows)  # the 10% hold-out stays in the file too
+    assert torch.equal(mapped.test_rows.gather(), memory.test_rows)
     assert torch.equal(mapped.train, memory.train)
     positions = torch.tensor([5, 0, 2699, 1234])
     assert torch.equal(mapped.train_rows[positions], memory.train_rows[positions])
@@ -69,6 +69,20 @@ def test_streamed_colour_rows_are_moved_to_channels_first(tmp_path):
     assert torch.equal(mapped.train, memory.train)
 
 
+def test_a_streamed_batch_reads_its_rows_only(tmp_path):
+    """numpy copies a strided (channels-moved) view whole to gather rows from it; the rows
+    must be gathered from the file's own layout, batch by batch."""
+    import tracemalloc
+
+    np.save(tmp_path / "wide.npy", np.zeros((2000, 32, 32, 3), np.uint8))  # 6 MB, channels last
+    rows = read_data(DataConfig(dataset=str(tmp_path / "wide.npy"), stream=True)).train_rows
+    tracemalloc.start()
+    batch = rows[torch.arange(10)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert batch.shape == (10, 3 * 32 * 32) and peak < 200_000  # 10 rows, not 6 MB
+
+
 def test_block_order_is_a_permutation_read_in_runs_of_neighbouring_rows():
     generator = torch.Generator().manual_seed(0)
     order = block_order(100_000, 100, 8, generator)
@@ -79,14 +93,26 @@ def test_block_order_is_a_permutation_read_in_runs_of_neighbouring_rows():
     assert not torch.equal(order[:800].sort().values, torch.arange(800))  # blocks are shuffled
 
 
-def test_release_drops_read_pages_from_the_process(grey_npy, monkeypatch):
-    monkeypatch.setattr(stream, "RELEASE_BYTES", 100 * 784)
-    calls = []
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split()[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="Linux only")
+def test_pages_read_are_released_from_the_process(grey_npy):
     rows = read_data(DataConfig(dataset=str(grey_npy), stream=True)).train_rows
-    monkeypatch.setattr(rows, "release", lambda: calls.append(1), raising=False)
-    rows[torch.arange(250)]
-    rows[torch.arange(250)]
-    assert len(calls) >= 1
+    rows.release = lambda: None  # as if nothing were released: the pages read stay mapped
+    rows[torch.arange(0, 2700, 10)]
+    assert _mapped_kb(grey_npy) > 200  # rows far apart map much of the 2.4 MB file
+    del rows.release  # the class's own
+    rows[torch.arange(0, 2700, 10)]
+    assert _mapped_kb(grey_npy) == 0
 
 
 def test_streamed_fit_matches_in_memory_fit_and_resumes_exactly(grey_npy, tmp_path):

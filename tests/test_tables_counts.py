@@ -105,6 +105,45 @@ def test_table_label_column_and_encodings(macro, tmp_path):
     assert sorted(set(codes["labels"].tolist())) == [0, 1, 2, 3]  # quarters 1-4, as codes
 
 
+def test_test_tables_are_read_by_column_and_class_name(tmp_path):
+    """statsmodels' Grunfeld investment table (11 firms × 20 years): a test table with its
+    columns in another order and only some firms is read as the training table was."""
+    table = statsmodels_table("grunfeld")
+    table.to_csv(tmp_path / "grunfeld.csv", index=False)
+    out = tmp_path / "run"
+    result = cli("fit", "--dataset", tmp_path / "grunfeld.csv", "--label-column", "firm",
+                 "--out", out, *TABLE_OPTIONS, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "config.json").read_text())["data"]
+    assert stored["columns"] == ["invest", "value", "capital", "year"]
+    assert stored["classes"] == sorted(table["firm"].unique())
+
+    some = table[table["firm"].isin(["US Steel", "IBM", "Westinghouse"])]
+    some[["year", "firm", "capital", "invest", "value"]].to_csv(tmp_path / "mixed.csv",
+                                                                index=False)
+    some.to_csv(tmp_path / "same.csv", index=False)
+    codes = {}
+    for name in ("mixed", "same"):
+        result = cli("encode", out, "--data", tmp_path / f"{name}.csv", "--out",
+                     tmp_path / f"{name}.npz")
+        assert result.exit_code == 0, result.output
+        codes[name] = np.load(tmp_path / f"{name}.npz")
+    np.testing.assert_array_equal(codes["mixed"]["loc"], codes["same"]["loc"])
+    expected = [stored["classes"].index(firm) for firm in some["firm"]]
+    assert codes["mixed"]["labels"].tolist() == expected  # the training codes, not 0, 1, 2
+
+    table.drop(columns="value").to_csv(tmp_path / "short.csv", index=False)
+    other = table.copy()
+    other.loc[0, "firm"] = "Ford"
+    other.to_csv(tmp_path / "ford.csv", index=False)
+    for name, message in (("short", "lacks value the training table's feature columns"),
+                          ("ford", "holds classes Ford that the training table does not have")):
+        result = cli("encode", out, "--data", tmp_path / f"{name}.csv", "--out",
+                     tmp_path / "x.npz")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_bad_tables_are_refused_in_one_line_and_nothing_is_written(macro, tmp_path):
     table = pd.read_csv(macro / "macro.csv")
     table.insert(0, "country", "US")

@@ -191,5 +191,6 @@ def sample_run(run_dir, mode: str, out, *, num: int | None = None, nrow: int = 8
         source = f" ({source})"
     pyro.set_rng_seed(seed)
     message = draw(vae, mode, out, num=num, nrow=nrow, mean=mean, images=images, seen=seen,
-                   labels=labels, class_names=class_names(dataset or config.data.dataset))
+                   labels=labels, class_names=class_names(dataset or config.data.dataset,
+                                                          config.data.classes))
     return message + source

@@ -18,6 +18,7 @@ all: its training rows stay in the file and are read batch by batch (:mod:`.stre
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -69,14 +70,20 @@ class Data:
         (N,) and (M,) int64 class labels when the dataset has them.
     source : str
         Where the data came from, for messages.
+    columns, classes : tuple of str, optional
+        A table's feature column names, in order, and the names of its label classes (label
+        k is ``classes[k]``) when the label column holds names.
     """
 
     def __init__(self, train, test, data_shape: tuple[int, ...],
                  train_labels: torch.Tensor | None = None,
-                 test_labels: torch.Tensor | None = None, source: str = ""):
+                 test_labels: torch.Tensor | None = None, source: str = "",
+                 columns: tuple[str, ...] | None = None,
+                 classes: tuple[str, ...] | None = None):
         self.train_rows, self.test_rows = train, test
         self.data_shape = tuple(data_shape)
         self.train_labels, self.test_labels, self.source = train_labels, test_labels, source
+        self.columns, self.classes = columns, classes
 
     @property
     def train(self) -> torch.Tensor:
@@ -98,7 +105,7 @@ class Data:
         """A copy with the given attributes (``train``, ``test``, ``train_labels`` …) changed."""
         fields = {"train": self.train_rows, "test": self.test_rows, "data_shape": self.data_shape,
                   "train_labels": self.train_labels, "test_labels": self.test_labels,
-                  "source": self.source}
+                  "source": self.source, "columns": self.columns, "classes": self.classes}
         return Data(**{**fields, **changes})
 
     def __repr__(self) -> str:
@@ -129,7 +136,7 @@ def as_float(x) -> torch.Tensor:
 def store(x: np.ndarray, kind: str) -> torch.Tensor:
     """(N, …) array → (N, D) stored rows of ``kind``: ``levels`` (uint8), ``binary`` (bool) or
     ``values`` (float32)."""
-    flat = x.reshape(x.shape[0], -1)
+    flat = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
     if kind == "levels":
         return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.uint8))
     if kind == "binary":
@@ -146,8 +153,8 @@ def chunks(x, elements: int = 1 << 22):
     yield from x.split(max(1, elements // max(1, x.shape[1]))) if x.shape[0] else [x]
 
 
-def sample_rows(x, values: int = 1 << 24) -> torch.Tensor:
-    """Evenly spaced rows of stored data, at most ``values`` values (64 MB) in all, as float32
+def sample_rows(x, values: int = 1 << 22) -> torch.Tensor:
+    """Evenly spaced rows of stored data, at most ``values`` values (16 MB) in all, as float32
     (all rows of float data held in memory): what is estimated from the data before training
     (:meth:`VAE.adapt`: means, scales, library sizes) without a float copy of a large set."""
     if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -215,7 +222,9 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
             "images, or the path of a .npy/.npz/.csv/.parquet file (a run trained on data "
             "given in memory needs them given again: --dataset, or data=)"
         )
-    if source.test_dataset is not None:
+    if source.test_dataset is not None:  # a test table is read with the training one's names
+        source = dataclasses.replace(source, columns=source.columns or data.columns,
+                                     classes=source.classes or data.classes)
         test, test_labels, test_shape = _read_test_file(source.test_dataset, source, counts)
         if test_shape != data.data_shape:
             raise DataError(
@@ -327,9 +336,12 @@ def load_eval_data(
     return x, labels, source
 
 
-def class_names(dataset: str) -> list[str] | None:
-    """The class names of a named dataset (torchvision's) or of an image folder with class
-    subfolders, else None."""
+def class_names(dataset: str, classes: tuple[str, ...] | None = None) -> list[str] | None:
+    """The class names of a named dataset (torchvision's), of an image folder with class
+    subfolders, or of a table's label column (``classes``, as the run stored them), else
+    None."""
+    if classes is not None:
+        return list(classes)
     if dataset not in NAMED_DATASETS:
         return folder_class_names(dataset)
     import torchvision.datasets as tvd
@@ -480,13 +492,13 @@ def _load_file(path: str, source: DataConfig, counts: bool, holdout: bool = True
             )
         test_labels = _check_labels(arrays.get("y_test"), test.shape[0], path)
         return Data(x, test, shape, labels, test_labels, source=path)
+    names = {"columns": arrays.get("columns"), "classes": arrays.get("classes")}
     if not holdout:  # a separate test file will be read
-        return Data(x, x[:0], shape, labels, None, source=path)
+        return Data(x, x[:0], shape, labels, None, source=path, **names)
     train_idx, test_idx = _holdout(x.shape[0], path)
     pick = (lambda t, i: t[i] if t is not None else None)
-    return Data(
-        x[train_idx], x[test_idx], shape, pick(labels, train_idx), pick(labels, test_idx), path
-    )
+    return Data(x[train_idx], x[test_idx], shape, pick(labels, train_idx),
+                pick(labels, test_idx), path, **names)
 
 
 def _holdout(n: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -501,17 +513,22 @@ def _holdout(n: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _stream_file(path: str, source: DataConfig, counts: bool, holdout: bool) -> Data:
-    """A .npy file's training rows left in the file (:class:`~.stream.MappedRows`), read batch
-    by batch; its 10% hold-out (the same rows as in memory) read into memory."""
+    """A .npy file's rows left in the file (:class:`~.stream.MappedRows`) and read batch by
+    batch: the training rows and the 10% hold-out (the same rows as in memory)."""
     array, mapped = open_npy(path)
-    x = _layout(array, f"{path} (x_train)", source.channels_first)
-    rows = MappedRows(x, mapped, "values")
-    rows.kind = _kind(x, f"{path} (x_train)", counts, release=rows.release)
-    shape = tuple(int(s) for s in x.shape[1:])
+    what = f"{path} (x_train)"
+    shape = tuple(int(s) for s in _layout(array, what, source.channels_first).shape[1:])
+    # The file's rows are read as they lie (a strided view would make numpy copy the whole
+    # file to gather a batch) and put channels first batch by batch.
+    channels_first = (source.channels_first if source.channels_first is not None
+                      else array.ndim == 4 and array.shape[1] in (1, 3))
+    rows = MappedRows(array, mapped, "values",
+                      arrange=lambda block: _layout(block, what, channels_first))
+    rows.kind = _kind(array, what, counts, release=rows.release)
     if not holdout:  # a separate test file will be read
-        return Data(rows, rows[:0].gather(), shape, source=path)
-    train_idx, test_idx = _holdout(x.shape[0], path)
-    return Data(rows.subset(train_idx.numpy()), rows.subset(test_idx.numpy()).gather(), shape,
+        return Data(rows, rows[:0], shape, source=path)
+    train_idx, test_idx = _holdout(array.shape[0], path)
+    return Data(rows.subset(train_idx.numpy()), rows.subset(test_idx.numpy()), shape,
                 source=path)
 
 
@@ -539,7 +556,8 @@ def _read_arrays(path: str, source: DataConfig) -> dict[str, np.ndarray]:
         raise DataError(f"--image-size and --strict apply to folders of images, not {path}; "
                         "drop them")
     if path.lower().endswith((".csv", ".parquet")):
-        return read_table(path, source.label_column, source.drop_non_numeric)
+        return read_table(path, source.label_column, source.drop_non_numeric, source.columns,
+                          source.classes)
     if not path.lower().endswith((".npy", ".npz")):
         raise DataError(f"{path} is not .npy, .npz, .csv or .parquet; save the array with "
                         "numpy.save or the table with pandas")
@@ -573,17 +591,24 @@ def _check_labels(labels: np.ndarray | None, n: int, path: str) -> torch.Tensor 
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def read_table(path: str, label_column: str | None = None,
-               drop_non_numeric: bool = False) -> dict[str, np.ndarray]:
-    """A .csv or .parquet table (pandas; pyarrow for Parquet) as ``x_train`` (N, D) float64 and,
-    with ``label_column``, ``y_train`` (N,) int64 class codes (the column's sorted values).
+def read_table(path: str, label_column: str | None = None, drop_non_numeric: bool = False,
+               columns: tuple[str, ...] | None = None,
+               classes: tuple[str, ...] | None = None) -> dict:
+    """A .csv or .parquet table (pandas; pyarrow for Parquet) as ``x_train`` (N, D) float64,
+    ``columns`` (the D feature names, in order) and, with ``label_column``, ``y_train`` (N,)
+    int64 class codes: integers as they are, names as their position in ``classes`` (by
+    default the column's sorted values, returned as ``classes``).
+
+    A test table is read with the training table's ``columns`` and ``classes``: its columns
+    are matched by name, in any order, and its class names keep the training codes.
 
     Raises
     ------
     DataError
         An unreadable file, a missing label column, non-numeric columns (unless
-        ``drop_non_numeric``; they are named), missing values (counted, with their column), or
-        no numeric column left.
+        ``drop_non_numeric``; they are named), missing values (counted, with their column), no
+        numeric column left, feature columns other than ``columns`` (named), or class names
+        not in ``classes``.
     """
     import pandas as pd
 
@@ -605,8 +630,19 @@ def read_table(path: str, label_column: str | None = None,
                             f"{int(labels.isna().sum())} missing values; fill or drop those rows")
         if pd.api.types.is_integer_dtype(labels):  # class numbers stay as they are
             arrays["y_train"] = labels.to_numpy(dtype=np.int64)
-        else:  # names: codes in sorted order (a test table must hold every class)
-            arrays["y_train"] = pd.factorize(labels, sort=True)[0].astype(np.int64)
+        elif classes is None:  # names: codes in sorted order
+            codes, names = pd.factorize(labels.astype(str), sort=True)
+            arrays["y_train"], arrays["classes"] = codes.astype(np.int64), tuple(names)
+        else:  # the training table's codes
+            names = labels.astype(str)
+            unknown = sorted(set(names) - set(classes))
+            if unknown:
+                raise DataError(f"{path}: the label column {label_column!r} holds classes "
+                                f"{', '.join(unknown[:5])} that the training table does not "
+                                f"have (it has {', '.join(classes[:10])}); drop those rows")
+            arrays["y_train"] = pd.Categorical(names, categories=list(classes)).codes.astype(
+                np.int64)
+            arrays["classes"] = tuple(classes)
     other = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if other and not drop_non_numeric:
         raise DataError(f"{path} has non-numeric columns {', '.join(other[:10])}; drop them "
@@ -614,12 +650,23 @@ def read_table(path: str, label_column: str | None = None,
     table = table.drop(columns=[c for c in table.columns if str(c) in other])
     if table.shape[1] == 0:
         raise DataError(f"{path} has no numeric column; give a table of numbers")
+    table.columns = [str(c) for c in table.columns]
+    if columns is not None:
+        missing_names = [c for c in columns if c not in table.columns]
+        extra = [c for c in table.columns if c not in columns]
+        if missing_names or extra:
+            parts = ([f"lacks {', '.join(missing_names[:5])}"] if missing_names else []) + (
+                [f"has {', '.join(extra[:5])} besides"] if extra else [])
+            raise DataError(f"{path} {' and '.join(parts)} the training table's feature "
+                            f"columns; give the columns {', '.join(columns[:10])} (in any order)")
+        table = table[list(columns)]  # by name, in the training table's order
     missing = table.isna().sum()
     if missing.any():
         column = missing.idxmax()
         raise DataError(f"{path} has {int(missing.sum())} missing values ({int(missing.max())} "
                         f"in column {column!r}); fill or drop them before training")
     arrays["x_train"] = table.to_numpy(dtype=np.float64)  # True/False columns become 1/0
+    arrays["columns"] = tuple(table.columns)
     return arrays
 
 

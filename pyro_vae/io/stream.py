@@ -3,9 +3,11 @@ batch, in an order shuffled by blocks of neighbouring rows.
 
 A ``.npy`` file is streamed with ``--stream``, or by default when it is larger than half the
 memory available (:func:`should_stream`). Nothing but the rows of the current batch is copied:
-the file's pages come through the operating system's page cache, and the mapping is told to let
-go of the pages already read every :data:`RELEASE_BYTES` (``madvise(MADV_DONTNEED)``), so the
-resident memory of the process stays bounded whatever the file's size.
+the file's pages come through the operating system's page cache, and after every read the
+mapping is told to let go of its pages (``madvise(MADV_DONTNEED)``; they stay in the page
+cache), so the resident memory of the process stays bounded whatever the file's size. Releasing
+after every read, not after so many bytes, matters: the kernel maps whole folios of the page
+cache (up to 2 MB) on a fault, so a few rows read far apart map most of the file.
 
 Rows are returned in the storage convention of :mod:`pyro_vae.io.data`: uint8 grey levels,
 bool binary values, float32 values (floats and counts).
@@ -28,10 +30,8 @@ STREAM_FRACTION = 0.5
 BLOCK_BYTES = 1 << 20
 #: … and the blocks in windows of this many blocks, whose rows are shuffled together.
 WINDOW_BLOCKS = 64
-#: The mapping's pages already read are released after this many bytes.
-RELEASE_BYTES = 256 << 20
-#: Rows per chunk when a whole file is checked or gathered.
-CHUNK_BYTES = 16 << 20
+#: Values per chunk when a whole file is checked or gathered (16 MB as float32).
+CHUNK_VALUES = 1 << 22
 
 
 def available_memory() -> int | None:
@@ -110,7 +110,7 @@ class MappedRows:
     Parameters
     ----------
     array : ndarray
-        (N, …) view of a memory map (:func:`open_npy`), channels already first.
+        (N, …) view of a memory map (:func:`open_npy`), as the file holds it.
     mapped : mmap.mmap
         The map ``array`` views, whose read pages are released as batches are read.
     kind : str
@@ -119,15 +119,17 @@ class MappedRows:
     rows : ndarray, optional
         The file rows these rows are, ascending (e.g. the training part of a hold-out split);
         all by default.
+    arrange : callable, optional
+        (k, …) rows as read → (k, …) rows as the model sees them (e.g. channels moved first),
+        applied to each batch read.
     """
 
     def __init__(self, array: np.ndarray, mapped: mmap.mmap, kind: str,
-                 rows: np.ndarray | None = None):
-        self.array, self.mapped, self.kind = array, mapped, kind
+                 rows: np.ndarray | None = None, arrange=None):
+        self.array, self.mapped, self.kind, self.arrange = array, mapped, kind, arrange
         self.rows = np.arange(array.shape[0]) if rows is None else np.asarray(rows, np.int64)
         self.width = math.prod(array.shape[1:])
         self.row_bytes = self.width * array.dtype.itemsize
-        self._read = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -146,6 +148,10 @@ class MappedRows:
         """The rows stay in the file; batches go to ``device`` as they are read."""
         return self
 
+    def cpu(self) -> "MappedRows":
+        """The rows stay in the file, and are read on the CPU."""
+        return self
+
     def __getitem__(self, key) -> "MappedRows | torch.Tensor":
         """A slice → the :class:`MappedRows` of those rows (nothing read); integer positions
         (a tensor or array) → those rows read, (k, D) in the storage convention."""
@@ -157,29 +163,38 @@ class MappedRows:
     def subset(self, positions) -> "MappedRows":
         """The :class:`MappedRows` of these positions (a slice, or ascending integers); nothing
         is read."""
-        return MappedRows(self.array, self.mapped, self.kind, self.rows[positions])
+        return MappedRows(self.array, self.mapped, self.kind, self.rows[positions],
+                          self.arrange)
 
     def _read_rows(self, rows: np.ndarray) -> torch.Tensor:
         from .data import store  # the storage convention lives with the in-memory data
 
-        block = np.take(self.array, rows, axis=0).reshape(len(rows), self.width)
-        self._read += len(rows) * self.row_bytes
-        if self._read >= RELEASE_BYTES:
-            self.release()
-        return store(block, self.kind)
+        block = np.take(self.array, rows, axis=0)  # the array is contiguous: no whole copy
+        if self.arrange is not None and len(rows):
+            block = self.arrange(block)
+        stored = store(block.reshape(len(rows), self.width), self.kind)  # a copy
+        self.release()
+        return stored
 
     def release(self) -> None:
         """Let the operating system drop the pages read so far from this process's memory
         (they stay in the page cache, so reading them again is cheap)."""
-        self._read = 0
         if hasattr(mmap, "MADV_DONTNEED"):
             self.mapped.madvise(mmap.MADV_DONTNEED)
 
     def chunks(self):
-        """All rows, in order, as stored tensors of about :data:`CHUNK_BYTES` each."""
-        step = max(1, CHUNK_BYTES // max(1, self.row_bytes))
-        for start in range(0, len(self.rows), step):
-            yield self._read_rows(self.rows[start : start + step])
+        """All rows, in order, as stored tensors of at most :data:`CHUNK_VALUES` values, each
+        read from at most as many rows of the file (rows far apart, such as every 100th, are
+        read a few at a time: each read maps whole folios of the file around the rows it
+        touches)."""
+        span = max(1, CHUNK_VALUES // max(1, self.width))
+        if not len(self.rows):
+            return
+        stretch = (self.rows - self.rows[0]) // span  # ascending rows: stretches of the file
+        edges = np.flatnonzero(np.diff(stretch)) + 1
+        for part in np.split(self.rows, edges):
+            for start in range(0, len(part), span):
+                yield self._read_rows(part[start : start + span])
 
     def gather(self) -> torch.Tensor:
         """All rows read into memory (for a test set), (N, D) in the storage convention."""

@@ -53,18 +53,24 @@ class FitResult(NamedTuple):
 
 
 @torch.no_grad()
-def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
+def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None) -> float:
     """Single-sample estimate of −ELBO(x) by ``Trace_ELBO``, averaged over x (nats per image).
 
     ``x`` is (N, D) on the model's device, already binarised where the likelihood needs it:
     float32 values, or rows as :class:`~pyro_vae.io.data.Data` stores them (uint8 grey levels,
     bool), converted batch by batch. The model and guide are called without schedule
-    arguments: the plain ELBO, without β, corruption or contractive penalty.
+    arguments: the plain ELBO, without β, corruption or contractive penalty. By default
+    ``batch_size`` is 1000 rows, fewer for wide data (at most 2^22 values per batch), which
+    bounds the memory the model's intermediate values take.
     """
+    if batch_size is None:
+        batch_size = min(1000, max(1, (1 << 22) // max(1, x.shape[-1])))
     elbo, total, was_training = Trace_ELBO(), 0.0, vae.training
+    device = next(vae.parameters()).device  # rows streamed from a file are read on the CPU
     vae.eval()
     for start in range(0, x.shape[0], batch_size):
-        total += elbo.loss(vae.model, vae.guide, as_float(x[start : start + batch_size]))
+        batch = as_float(x[start : start + batch_size]).to(device)
+        total += elbo.loss(vae.model, vae.guide, batch)
     vae.train(was_training)
     return total / x.shape[0]
 
@@ -423,7 +429,7 @@ class TrainingPlan:
         if vae.can_sample:
             pictures.save_grid(vae, vae.sample(NUM_SAMPLES, mean=True), shape,
                                run_dir / "samples.png")
-        shown = as_float(self.data.test_rows[:NUM_RECONSTRUCTIONS]).to(self.test_x.device)
+        shown = as_float(self.data.test_rows[:NUM_RECONSTRUCTIONS]).to(self.device)
         seen = (as_float(self.test_x[:NUM_RECONSTRUCTIONS]) if self.config.binarizes else None)
         grid, per_row = pictures.reconstructions(vae, shown, seen, NUM_RECONSTRUCTIONS)
         pictures.save_grid(vae, grid, shape, run_dir / "reconstructions.png", nrow=per_row)
@@ -562,6 +568,8 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     else:
         data = prepare_data(data, config)
         config = config.replace(dataset=data.source or "in-memory data")
+    if data.columns is not None and config.data.columns is None:  # a table's names
+        config = config.replace(columns=data.columns, classes=data.classes)
     if config.data.stream is None and config.data.dataset.lower().endswith(".npy"):
         config = config.replace(stream=data.streamed)  # stored as decided
     if data.streamed and config.binarization == "static":
