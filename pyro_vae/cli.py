@@ -142,10 +142,13 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
     cluster = cluster_from_env()
     if cluster is not None and not cluster.is_main:
         return  # under torchrun, rank 0 reports
+    from .config import data_unit
+
     last = result.metrics[-1]
+    unit = data_unit(result.model.data_shape)
     click.echo(
         f"done: {last['epoch']} epochs in {time.perf_counter() - started:.0f} s; "
-        f"test -ELBO {last['test_neg_elbo']:.2f} nats/image "
+        f"test -ELBO {last['test_neg_elbo']:.2f} nats/{unit} "
         f"(train {last['train_neg_elbo']:.2f}); run written to {out}")
 
 
@@ -274,7 +277,11 @@ def encode(run_dir, dataset, limit, out, device) -> None:
     codes, source = encode_run(run_dir, dataset, limit=limit, device=device)
     save_arrays(out, **({"loc": codes["loc"]} if suffix == ".npy" else codes))
     n, z_dim = codes["loc"].shape
-    click.echo(f"wrote codes of {n} images ({source}), z_dim {z_dim}, to {out}")
+    from .config import data_unit
+    from .io.checkpoint import read_config
+
+    unit = data_unit(read_config(run_dir).model.data_shape)
+    click.echo(f"wrote codes of {n} {unit}s ({source}), z_dim {z_dim}, to {out}")
 
 
 @main.command(cls=_Command)
@@ -327,7 +334,8 @@ def diagnose(run_dir, dataset, num_images, draws, psis_draws, nuts_images, chain
             if "nuts_max_r_hat" in summary else "")
     click.echo(
         f"k-hat > 0.7 for {summary['frac_khat_above_0.7']:.1%} and > 0.5 for "
-        f"{summary['frac_khat_above_0.5']:.1%} of {summary['num_images']} images{nuts}; "
+        f"{summary['frac_khat_above_0.5']:.1%} of {summary['num_images']} "
+        f"{summary['unit']}s{nuts}; "
         f"the variational posterior {word}. Report: {Path(out) / 'report.md'} "
         f"({time.perf_counter() - started:.0f} s)")
 

@@ -34,6 +34,13 @@ FORMAT_VERSION = 2
 PART_KINDS = {"arch": NETWORKS, "likelihood": LIKELIHOODS, "guide": FAMILIES, "prior": PRIORS}
 
 
+def data_unit(data_shape) -> str:
+    """What one data point is called in reports: ``image`` for (H, W) or (C, H, W) images with
+    C = 1 or 3, else ``row`` (a row of a table, a count matrix or an array of vectors)."""
+    shape = tuple(data_shape or ())
+    return "image" if len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3)) else "row"
+
+
 def option(type_: type, default: Any, help: str, check=None, **extra) -> Any:
     """A dataclass field declared as an :class:`~pyro_vae.registry.Option`."""
     declared = Option(type_, default, help, check, **extra)
@@ -280,6 +287,9 @@ class DataConfig:
                                   ".parquet) only; drop it")
 
 
+#: Images per SVI step unless --batch-size says otherwise (fewer when the data are fewer).
+DEFAULT_BATCH = 128
+
 #: DataConfig fields that the data decide (not options): read from the training table.
 DATA_DECIDED = ("columns", "classes")
 
@@ -314,7 +324,9 @@ class TrainConfig:
     epochs: int | None = option(
         int, None, "Training epochs. Default: 10; for real-valued vectors and tables, enough "
         "for about 3000 SVI steps (10 to 400).", positive_int)
-    batch_size: int = option(int, 128, "Images per SVI step.", positive_int)
+    batch_size: int | None = option(
+        int, None, f"Images per SVI step. Default: {DEFAULT_BATCH}, or the whole training set "
+        "when it is smaller (a small table).", positive_int)
     lr: float | None = option(float, None, "Adam learning rate. Default: 1e-3; 1e-2 for "
                               "real-valued vectors and tables.", positive)
     seed: int = option(int, 0, "Random seed; runs on CPU are reproducible.", _seed)
@@ -341,7 +353,8 @@ class TrainConfig:
         if self.lr is None:
             changes["lr"] = 1e-2 if real_vectors else 1e-3
         if self.epochs is None:
-            steps = max(1, math.ceil(train_size / self.batch_size))
+            batch = self.batch_size or min(DEFAULT_BATCH, train_size)
+            steps = max(1, math.ceil(train_size / batch))
             changes["epochs"] = (min(400, max(10, math.ceil(3000 / steps))) if real_vectors
                                  else 10)
         return changes
@@ -545,8 +558,9 @@ class Config:
     def for_data(self, data_shape: tuple[int, ...], train_size: int) -> "Config":
         """This config completed by its data, as :func:`pyro_vae.fit` completes it: the shape
         of one data point, and where left unset (None) the values the data decide: whether the
-        model standardises (:attr:`ModelConfig.standardizes`), the learning rate and the epochs
-        (:meth:`TrainConfig.for_data`, from the ``train_size`` training points).
+        model standardises (:attr:`ModelConfig.standardizes`), the batch size
+        (:data:`DEFAULT_BATCH`, or all ``train_size`` training points when they are fewer), the
+        learning rate and the epochs (:meth:`TrainConfig.for_data`).
 
         Raises
         ------
@@ -555,6 +569,8 @@ class Config:
         """
         config = self.replace(data_shape=tuple(data_shape))
         changes = config.train.for_data(config.model.real_vectors, train_size)
+        if config.train.batch_size is None:
+            changes["batch_size"] = max(1, min(DEFAULT_BATCH, train_size))
         if config.model.standardize is None and not config.model.user_built:
             changes["standardize"] = config.model.standardizes
         return config.replace(**changes) if changes else config

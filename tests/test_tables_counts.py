@@ -100,8 +100,13 @@ def test_table_label_column_and_encodings(macro, tmp_path):
     assert json.loads((out / "config.json").read_text())["model"]["data_shape"] == [13]
     result = cli("encode", out, "--data", macro / "macro.csv", "--out", tmp_path / "codes.npz")
     assert result.exit_code == 0, result.output
+    assert "wrote codes of 203 rows" in result.output
     codes = np.load(tmp_path / "codes.npz")
     assert codes["loc"].shape == (203, 2)
+    result = cli("evaluate", out, "--iwae-samples", 10)
+    assert result.exit_code == 0, result.output
+    assert "rows              21 (the test set of" in result.output  # table rows, not images
+    assert "nats/row" in result.output and "nats/image" not in result.output
     assert sorted(set(codes["labels"].tolist())) == [0, 1, 2, 3]  # quarters 1-4, as codes
 
 
@@ -142,6 +147,27 @@ def test_test_tables_are_read_by_column_and_class_name(tmp_path):
                      tmp_path / "x.npz")
         assert result.exit_code == 1 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_table_smaller_than_a_batch_trains_with_the_defaults(tmp_path):
+    """statsmodels' Longley table (16 years × 7 economic series): 14 training rows, fewer
+    than the default batch of 128, train in batches of all 14; an explicit larger
+    --batch-size is still refused."""
+    statsmodels_table("longley").to_csv(tmp_path / "longley.csv", index=False)
+    config = Config(dataset=str(tmp_path / "longley.csv"), likelihood="normal-learned")
+    assert config.for_data((7,), 14).train.batch_size == 14
+    assert config.for_data((7,), 14).train.epochs == 400  # about 3000 steps, capped at 400
+    result = cli("fit", "--dataset", tmp_path / "longley.csv", "--out", tmp_path / "run",
+                 "--likelihood", "normal-learned", "--z-dim", "2", "--epochs", 40, "--quiet")
+    assert result.exit_code == 0, result.output
+    training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    assert training["batch_size"] == 14
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(metrics) == 40 and np.isfinite(metrics["test_neg_elbo"]).all()
+    result = cli("fit", "--dataset", tmp_path / "longley.csv", "--out", tmp_path / "big",
+                 "--likelihood", "normal-learned", "--batch-size", 32)
+    assert result.exit_code == 1 and "only 14 training rows but --batch-size is 32" in (
+        result.output)
 
 
 def test_bad_tables_are_refused_in_one_line_and_nothing_is_written(macro, tmp_path):

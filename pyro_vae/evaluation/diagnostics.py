@@ -29,6 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
+from ..config import data_unit
 from ..errors import ConfigError
 from ..io.files import atomic_write_bytes, staged_folder, write_json
 from ..devices import resolve_device
@@ -230,20 +231,21 @@ def compare_with_nuts(nuts: az.InferenceData, summary, q_mean: np.ndarray, q_std
     return rows
 
 
-def verdict(khat: np.ndarray, rows: list[dict] | None) -> tuple[bool, str]:
-    """Whether the variational posterior can be trusted, and why, in words."""
+def verdict(khat: np.ndarray, rows: list[dict] | None, unit: str = "image") -> tuple[bool, str]:
+    """Whether the variational posterior can be trusted, and why, in words (about the data
+    points, ``unit``s)."""
     # A k̂ that could not be estimated (NaN) counts as bad, not as good.
     bad, usable = float(np.mean(~(khat <= KHAT_BAD))), float(np.mean(~(khat <= KHAT_GOOD)))
     reasons = []
     trusted = bad <= 0.1
     if bad > 0.1:
-        reasons.append(f"k̂ > 0.7 for {bad:.0%} of the images: for them q(z|x) misses mass that "
+        reasons.append(f"k̂ > 0.7 for {bad:.0%} of the {unit}s: for them q(z|x) misses mass that "
                        "p(z|x) has, and importance-sampled log-likelihoods are unreliable")
     elif usable > 0.1:
-        reasons.append(f"k̂ is between 0.5 and 0.7 for {usable - bad:.0%} of the images and above "
+        reasons.append(f"k̂ is between 0.5 and 0.7 for {usable - bad:.0%} of the {unit}s and above "
                        f"0.7 for {bad:.0%}: usable, with noisier importance-sampled estimates")
     else:
-        reasons.append(f"k̂ < 0.5 for {1 - usable:.0%} of the images: q(z|x) is a good "
+        reasons.append(f"k̂ < 0.5 for {1 - usable:.0%} of the {unit}s: q(z|x) is a good "
                        "importance proposal for p(z|x)")
     if rows:
         rhat = max(r["r_hat"] if np.isfinite(r["r_hat"]) else np.inf for r in rows)
@@ -338,8 +340,10 @@ def diagnose(
     table = "image,khat\n" + "".join(f"{i},{k:.4f}\n" for i, k in enumerate(khat))
     atomic_write_bytes(out / "khat.csv", table.encode())
     save_khat_histogram(khat, out / "khat.png")
+    unit = data_unit(vae.data_shape)
     summary = {
         "num_images": int(x.shape[0]),
+        "unit": unit,
         "psis_draws": psis_draws,
         "khat_median": float(np.median(khat)),
         "khat_max": float(np.max(khat)),
@@ -350,7 +354,7 @@ def diagnose(
     if nuts_images > 0:
         rows = _nuts_comparison(vae, x[:nuts_images], out, chains, warmup, nuts_samples,
                                 progress, summary)
-    trusted, reasons = verdict(khat, rows)
+    trusted, reasons = verdict(khat, rows, unit)
     summary.update({"trusted": trusted, "verdict": reasons})
     write_json(out / "diagnostics.json", summary)
     atomic_write_bytes(out / "report.md", _report(vae, source, summary, rows).encode())
@@ -402,7 +406,7 @@ def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
         "",
         f"Model: prior `{vae.prior.name or type(vae.prior).__name__}`, guide `{guide}`, "
         f"likelihood `{vae.likelihood.name}`, z-dim {vae.z_dim}. Data: {s['num_images']} "
-        f"images, {source}.",
+        f"{s['unit']}s, {source}.",
         "",
         f"**The variational posterior {word} for this model:** {s['verdict']}",
         "",

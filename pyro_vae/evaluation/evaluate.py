@@ -23,6 +23,7 @@ import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
+from ..config import data_unit
 from ..errors import ConfigError, DataError
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
@@ -290,17 +291,20 @@ def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
     result["dataset"] = source
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["z_dim"] = vae.z_dim
+    result["unit"] = data_unit(config.model.data_shape)
     return result
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The figures of :func:`evaluate_run` as aligned lines of text, in nats per image."""
+    """The figures of :func:`evaluate_run` as aligned lines of text, in nats per image (per
+    row for tables and other vectors: ``result["unit"]``)."""
     bits, kl = result["bits_per_dim"], result["kl_per_dim"]
+    unit = result.get("unit", "image")
     return [
-        f"images            {result['num_images']} ({result['dataset']})",
-        f"-ELBO             {result['neg_elbo']:.2f} nats/image "
+        f"{unit + 's':<18}{result['num_images']} ({result['dataset']})",
+        f"-ELBO             {result['neg_elbo']:.2f} nats/{unit} "
         f"(reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
-        f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/image "
+        f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/{unit} "
         f"(importance sampled, K = {result['iwae_samples']})",
         f"bits/dim          {bits:.4f}" if bits is not None else
         "bits/dim          - (continuous likelihood: a density, not bits)",

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, DataConfig
+from ..config import Config, DataConfig, data_unit
 from ..errors import DataError
 from .folders import class_names as folder_class_names
 from .folders import read_folder
@@ -259,9 +259,10 @@ def check_data(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
     check_values(data.train_rows, f"the training data from {data.source}", config)
     check_values(data.test_rows, f"the test data from {data.source}", config)
-    if data.train_rows.shape[0] < config.batch_size:
+    if config.batch_size is not None and data.train_rows.shape[0] < config.batch_size:
         raise DataError(
-            f"only {data.train_rows.shape[0]} training images but --batch-size is "
+            f"only {data.train_rows.shape[0]} training {data_unit(data.data_shape)}s but "
+            f"--batch-size is "
             f"{config.batch_size}; lower --batch-size or give more data"
         )
 

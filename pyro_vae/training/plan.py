@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .. import plots
 from ..evaluation import pictures
-from ..config import Config, DataConfig, TrainConfig, section_options, section_values
+from ..config import (
+    Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..io import checkpoint
@@ -174,7 +175,7 @@ class TrainingPlan:
                  device: torch.device = torch.device("cpu")):
         self.vae, self.data, self.config, self.run = vae.to(device), data, config, run
         self.progress, self.cluster, self.stop = progress, cluster, stop or StopRequest()
-        self.device = device
+        self.device, self.unit = device, data_unit(data.data_shape)
         self.train_x, self.test_x = self._place(data)
         train = config.train
         self.optim = JointOptim(torch.optim.Adam, vae, {"lr": train.lr}, clip_norm=train.clip_norm)
@@ -271,7 +272,7 @@ class TrainingPlan:
             row = self.rows[-1]
             tqdm.write(
                 f"epoch {number}/{self.config.train.epochs}: train -ELBO "
-                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} nats/image "
+                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} nats/{self.unit} "
                 f"({seconds:.1f} s)")
         if self.run is not None:
             world = self.cluster.world if self.cluster is not None else 1
@@ -610,7 +611,8 @@ def _check_cluster(config: Config, cluster, resuming: bool) -> torch.device:
     for refused, message in refusals:
         if refused:
             raise ConfigError(message)
-    distributed.check_batch(config.train.batch_size, cluster)
+    if config.train.batch_size is not None:  # else decided by the data, and checked then
+        distributed.check_batch(config.train.batch_size, cluster)
     return distributed.start(cluster, device)
 
 
