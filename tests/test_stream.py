@@ -178,3 +178,10 @@ def test_damaged_npy_files_are_refused_before_mapping(grey_npy, tmp_path):
         open_npy(str(fortran))
     with pytest.raises(ConfigError, match="stream must be"):
         DataConfig(dataset=str(grey_npy), stream="yes")
+
+
+def test_counts_beyond_float32_precision_are_refused_as_integers_and_floats(tmp_path):
+    for dtype in (np.int64, np.float64):
+        np.save(tmp_path / "big.npy", np.array([[3, 2**24 + 1], [0, 5]], dtype=dtype))
+        with pytest.raises(DataError, match="counts above 2\\^24"):
+            read_data(DataConfig(dataset=str(tmp_path / "big.npy")), counts=True)

@@ -748,6 +748,8 @@ def _kind(x: np.ndarray, what: str, counts: bool = False, release=None) -> str:
         return "levels"
     if not finite:
         raise DataError(f"{what} contains NaN or infinite values; remove or impute them")
+    if counts and max(abs(low), abs(high)) > 2**24:
+        raise DataError(f"{what} holds counts above 2^24, which float32 cannot hold exactly")
     if max(abs(low), abs(high)) > np.finfo(np.float32).max:
         raise DataError(f"{what} holds values beyond float32 range; rescale the data")
     return "values"
