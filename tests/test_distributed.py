@@ -38,6 +38,7 @@ def fmnist_12k(fashion_mnist, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # about 70 s: two torchrun processes start, train and compare
 def test_two_processes_train_like_one(fmnist_12k, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
