@@ -38,7 +38,9 @@ def save_training_curve(rows: list[dict], path: str | os.PathLike) -> None:
 
 def is_image(data_shape: tuple[int, ...]) -> bool:
     """Whether data of this shape can be drawn: (H, W) grey, or (C, H, W) with C = 1 or 3."""
-    return len(data_shape) == 2 or (len(data_shape) == 3 and data_shape[0] in (1, 3))
+    from .config import data_unit  # the one rule for what is an image
+
+    return data_unit(data_shape) == "image"
 
 
 def save_image_grid(

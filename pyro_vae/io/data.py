@@ -116,8 +116,7 @@ class Data:
     def is_image(self) -> bool:
         """Whether one data point is an (H, W) grey or (C, H, W) colour image, so that it can
         be drawn."""
-        return len(self.data_shape) == 2 or (len(self.data_shape) == 3
-                                             and self.data_shape[0] in (1, 3))
+        return data_unit(self.data_shape) == "image"
 
 
 def as_float(x) -> torch.Tensor:
