@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pyro.distributions as dist
 import pytest
 import torch
@@ -110,3 +112,65 @@ def test_independent_bernoulli_scores_exactly_as_torchs_bernoulli_to_event(fmnis
     assert torch.equal(wide.log_prob(x)[1], torchs.log_prob(x))
     with pytest.raises(ValueError):
         IndependentBernoulli(logits, validate_args=True).log_prob(torch.full_like(x, 0.5))
+
+
+def _zero_output(lik, d: int) -> torch.Tensor:
+    """A decoder output of zeros (1, D, k): what an untrained decoder gives on average."""
+    return torch.zeros(1, d, lik.params_per_dim)
+
+
+def test_bernoulli_and_binomial_start_at_the_mean_of_real_images(fmnist_small):
+    from pyro_vae.parts.likelihoods import BinomialLikelihood
+
+    x = fmnist_small.train
+    bern = BernoulliLikelihood()
+    bern.prepare(784)
+    torch.testing.assert_close(bern(_zero_output(bern, 784)).mean, torch.full((1, 784), 0.5))
+    bern.adapt(x)
+    expected = x.mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(bern(_zero_output(bern, 784)).mean[0], expected)
+    levels = torch.round(x * 255)
+    binom = BinomialLikelihood()
+    binom.prepare(784)
+    binom.adapt(levels)
+    torch.testing.assert_close(binom.mean(_zero_output(binom, 784))[0],
+                               255 * (levels.mean(0) / 255).clamp(1e-3, 1 - 1e-3))
+
+
+def test_categorical_starts_at_the_smoothed_level_histogram_of_each_pixel(fmnist_small):
+    from pyro_vae.parts.likelihoods import CategoricalLikelihood
+
+    x = fmnist_small.train
+    lik = CategoricalLikelihood()
+    lik.prepare(784)
+    lik.adapt(x)
+    probs = lik(_zero_output(lik, 784)).base_dist.probs[0]
+    levels = torch.round(x * 255).long().numpy()
+    for pixel in (0, 300, 406, 783):  # a corner that is nearly always black, and the middle
+        counts = np.bincount(levels[:, pixel], minlength=256) + 1.0
+        np.testing.assert_allclose(probs[pixel].numpy(), counts / counts.sum(), rtol=1e-5)
+    # The mean image of the start is the data's mean, up to the add-one smoothing.
+    smoothing = 256 / (x.shape[0] + 256)
+    assert float((lik.mean(_zero_output(lik, 784))[0] - x.mean(0)).abs().max()) <= smoothing
+
+
+def test_the_mean_start_lowers_the_loss_after_one_epoch_of_real_images(fmnist_small):
+    """The point of the start: the same networks, seed and batches reach a lower held-out
+    −ELBO after one epoch on 500 Fashion-MNIST images when p(x|z) starts at the data (by
+    about 140 nats for the Bernoulli and 1700 for the categorical likelihood)."""
+    import pyro
+
+    from pyro_vae import Config, Data, VAE, fit
+
+    small = Data(fmnist_small.train[:500], fmnist_small.test[:100], (28, 28))
+    results = {}
+    for start in (True, False):
+        for likelihood in ("bernoulli", "categorical"):
+            pyro.set_rng_seed(0)
+            vae = VAE.from_config(Config(z_dim=8, hidden=(64,), data_shape=(28, 28),
+                                         likelihood=likelihood))
+            vae.adapted = not start  # an adapted model is not initialised from the data again
+            result = fit(vae, data=small, epochs=1, progress=False, seed=0, jit=False)
+            results[start, likelihood] = result.metrics[-1]["test_neg_elbo"]
+    for likelihood in ("bernoulli", "categorical"):
+        assert results[True, likelihood] < results[False, likelihood] - 50, results

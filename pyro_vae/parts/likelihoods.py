@@ -116,22 +116,76 @@ class IndependentBernoulli(dist.Independent):
                                     validate_args=self.__dict__.get("_validate_args"))
 
 
+class _MeanStart(Likelihood):
+    """A likelihood whose decoder output is shifted by a fixed per-feature offset b, set by
+    :meth:`adapt` so that the model starts at the data's mean: the decoder starts near zero
+    output, so p(x | z) starts near the product of the per-feature marginals of the data. This
+    is the output-bias initialisation of most reference implementations (e.g. the logit of the
+    mean pixel in Burda et al. 2016's and Kingma et al. 2016's code); as a buffer added to the
+    output rather than a changed bias it works with any decoder, the user's own included.
+
+    Checkpoints written before the offset existed load with b = 0, the model they trained.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.zeros(0))
+
+    def offset_shape(self, input_dim: int) -> tuple[int, ...]:
+        """Shape of b for D = ``input_dim`` features: (D,) unless a feature has several outputs."""
+        return (input_dim,)
+
+    def prepare(self, input_dim: int) -> None:
+        self.offset = torch.zeros(self.offset_shape(input_dim))
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The offset b for training data ``x`` (N, D) in data units."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def adapt(self, x: torch.Tensor) -> None:
+        self.offset = self.start(x).to(self.offset)
+
+    def shifted(self, params: torch.Tensor) -> torch.Tensor:
+        """Decoder output (..., D, k) → the distribution's parameters: (..., D) plus b for
+        k = 1, (..., D, k) plus b otherwise."""
+        out = params.squeeze(-1) if params.shape[-1] == 1 else params
+        return out + self.offset if self.offset.numel() else out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "offset" not in state_dict and self.offset.numel():
+            state_dict[prefix + "offset"] = torch.zeros_like(self.offset)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _logit_of_mean(x: torch.Tensor, top: float = 1.0) -> torch.Tensor:
+    """logit(x̄_d / top) per feature, x̄ clamped to [10⁻³, 1 − 10⁻³] of the range so that a
+    feature that never varies in the sample starts at a finite logit of ±6.9."""
+    return torch.logit((x.mean(0) / top).clamp(1e-3, 1 - 1e-3))
+
+
 @register_likelihood("bernoulli")
-class BernoulliLikelihood(Likelihood):
+class BernoulliLikelihood(_MeanStart):
     """x_d ~ Bernoulli(σ(f_d(z))) for binary data.
 
     log p(x|z) = Σ_d x_d log σ(f_d) + (1 − x_d) log(1 − σ(f_d)) nats (Kingma & Welling 2014,
     appendix C.1). Grey levels in [0, 1] are read as probabilities and binarised before they are
     scored (``binarize`` ``"dynamic"`` or ``"static"``); with ``"none"`` the data must already
-    be 0/1.
+    be 0/1. The logits are f_d(z) + b_d with b_d = logit(x̄_d), x̄ the training data's mean
+    (:class:`_MeanStart`).
     """
 
     summary = "binary data"
     discrete = True
     binary = True
 
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        # Grey levels are probabilities of a black-or-white draw: their mean is that of the
+        # binarised data.
+        return _logit_of_mean(x)
+
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return IndependentBernoulli(params.squeeze(-1))
+        return IndependentBernoulli(self.shifted(params))
 
     def check_support(self, x: torch.Tensor, what: str, binarize: str | None) -> None:
         if binarize == "none":
@@ -245,25 +299,38 @@ class LaplaceLikelihood(_FixedScaleLikelihood):
 
 
 @register_likelihood("categorical")
-class CategoricalLikelihood(Likelihood):
+class CategoricalLikelihood(_MeanStart):
     """x_d ∈ {0, …, 255} ~ Categorical(softmax(f_d(z))): a free distribution over the 256 grey
     levels of each pixel (the softmax output unit for discrete values, Goodfellow, Bengio &
     Courville 2016, §6.2.2.3; van den Oord et al. 2016, §2.2).
 
     Data in [0, 1] are scored as levels round(255·x); −log p(x) converts to bits per dimension
-    as −log p(x) / (D ln 2).
+    as −log p(x) / (D ln 2). The logits are f_d(z) + b_d with b_{d,l} the log frequency of
+    level l at feature d in the training data, smoothed by adding one to every count
+    (Laplace's rule of succession), so that the model starts at the data's per-pixel level
+    histograms (:class:`_MeanStart`).
     """
 
     summary = "256 grey levels"
     params_per_dim = 256
     discrete = True
 
+    def offset_shape(self, input_dim: int) -> tuple[int, ...]:
+        return (input_dim, 256)
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.to_obs(x).clamp(0, 255).long()
+        cells = levels + 256 * torch.arange(x.shape[1], device=x.device)
+        counts = torch.bincount(cells.flatten(), minlength=x.shape[1] * 256)
+        counts = counts.reshape(x.shape[1], 256).to(torch.float32) + 1.0
+        return counts.log() - counts.sum(-1, keepdim=True).log()
+
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Categorical(logits=params).to_event(1)
+        return dist.Categorical(logits=self.shifted(params)).to_event(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         levels = torch.arange(256, dtype=params.dtype, device=params.device)
-        return (params.softmax(-1) * levels).sum(-1) / 255.0
+        return (self.shifted(params).softmax(-1) * levels).sum(-1) / 255.0
 
     def to_obs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x * 255.0)
@@ -407,7 +474,7 @@ class ZINBLikelihood(_Dispersed):
 
 
 @register_likelihood("binomial")
-class BinomialLikelihood(Likelihood):
+class BinomialLikelihood(_MeanStart):
     """x_d ~ Binomial(n, σ(f_d(z))) for bounded counts 0…n, e.g. 8-bit grey levels with
     n = 255 (uint8 data are read as levels 0–255, not scaled).
 
@@ -424,27 +491,15 @@ class BinomialLikelihood(Likelihood):
     def __init__(self, trials: int = 255):
         super().__init__()
         self.trials = int(trials)
-        self.register_buffer("offset", torch.zeros(0))
 
-    def prepare(self, input_dim: int) -> None:
-        self.offset = torch.zeros(input_dim)
-
-    @torch.no_grad()
-    def adapt(self, x: torch.Tensor) -> None:
-        # Start at the data's mean: logit of the mean level of each feature, added to the
-        # decoder output (the output-bias initialisation of most reference models).
-        p = (x.mean(0) / self.trials).clamp(1e-3, 1 - 1e-3)
-        self.offset = torch.logit(p).to(self.offset)
-
-    def _logits(self, params: torch.Tensor) -> torch.Tensor:
-        logits = params.squeeze(-1)
-        return logits + self.offset if self.offset.numel() else logits
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        return _logit_of_mean(x, self.trials)
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Binomial(self.trials, logits=self._logits(params)).to_event(1)
+        return dist.Binomial(self.trials, logits=self.shifted(params)).to_event(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
-        return self.trials * torch.sigmoid(self._logits(params))
+        return self.trials * torch.sigmoid(self.shifted(params))
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.trials
