@@ -40,6 +40,7 @@ def model_and_data(images: int):
 def plain_nll(vae, x: torch.Tensor, k: int) -> float:
     """The same estimator in plain PyTorch, with the same batches and chunks."""
     body, head, decoder = vae.encoder, vae.family.head, vae.decoder.net
+    offset = vae.likelihood.offset  # the output bias's start at the data mean
     chunk, total = default_chunk(vae, BATCH), 0.0
     for xb in x.split(BATCH):
         loc, log_var = head(body(xb)).chunk(2, dim=-1)
@@ -49,7 +50,7 @@ def plain_nll(vae, x: torch.Tensor, k: int) -> float:
             n = min(chunk, k - start)
             z = loc + scale * torch.randn(n, *loc.shape)
             log_lik = -F.binary_cross_entropy_with_logits(
-                decoder(z), xb.expand(n, *xb.shape), reduction="none").sum(-1)
+                decoder(z) + offset, xb.expand(n, *xb.shape), reduction="none").sum(-1)
             log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
             log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
             running = torch.logaddexp(running, (log_lik + log_prior - log_q).logsumexp(0))

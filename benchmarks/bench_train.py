@@ -36,12 +36,14 @@ class PlainVAE(nn.Module):
         super().__init__()
         self.body, self.head = vae.encoder, vae.family.head
         self.decoder = vae.decoder.net
+        self.offset = vae.likelihood.offset  # the output bias's start at the data mean
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         loc, log_var = self.head(self.body(x)).chunk(2, dim=-1)
         scale = torch.exp(0.5 * log_var)
         z = loc + scale * torch.randn_like(loc)
-        log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
+        logits = self.decoder(z) + self.offset
+        log_px = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
         log_qz = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
         return -(log_px + log_pz - log_qz).sum()

@@ -21,7 +21,9 @@ def _run(script, *args):
 def test_svi_loop_example_learns_and_saves_a_loadable_model(tmp_path):
     out = _run("svi_loop.py", "--epochs", 2, "--limit", 3000, "--out", tmp_path / "run")
     losses = [float(v) for v in re.findall(r"test -ELBO ([\d.]+)", out)]
-    assert len(losses) == 3 and losses[0] - losses[-1] > 100, out
+    # Epoch 0 is the untrained model, which already starts at the data mean (about 390 nats;
+    # about 545 from a zero decoder output): two epochs on 3000 images take off 50 more.
+    assert len(losses) == 3 and losses[0] - losses[-1] > 50 and losses[-1] < 320, out
     assert pyro_vae.load(tmp_path / "run").config.z_dim == 20
 
 
