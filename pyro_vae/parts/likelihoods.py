@@ -120,8 +120,8 @@ class _MeanStart(Likelihood):
     """A likelihood whose decoder output is shifted by a fixed per-feature offset b, set by
     :meth:`adapt` so that the model starts at the data's mean: the decoder starts near zero
     output, so p(x | z) starts near the product of the per-feature marginals of the data. This
-    is the output-bias initialisation of most reference implementations (e.g. the logit of the
-    mean pixel in Burda et al. 2016's and Kingma et al. 2016's code); as a buffer added to the
+    is the usual output-bias initialisation (e.g. Burda et al. 2016's IWAE code starts the
+    output bias at the logit of the mean pixel clipped to [0.001, 0.999]); as a buffer added to the
     output rather than a changed bias it works with any decoder, the user's own included.
 
     Checkpoints written before the offset existed load with b = 0, the model they trained.
