@@ -108,9 +108,11 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
       config.json          everything needed to rebuild the model
       model.safetensors    weights (saved after every epoch)
       metrics.csv          epoch, train_seconds, train_neg_elbo, test_neg_elbo (nats/image),
-                           test_bits_per_dim for discrete likelihoods
+                           test_bits_per_dim for discrete likelihoods, test_accuracy of
+                           the classifier q(y|x) for --labelled
       training_curve.png   train and test -ELBO per epoch
-      samples.png          64 draws of the mean of p(x|z), z ~ p(z) (not for --prior none)
+      samples.png          64 draws of the mean of p(x|z), z ~ p(z) (not for --prior none);
+                           label-conditioned models: 8 per class, a class a row
       reconstructions.png  rows of test images, the binary draw the model scores
                            (binarised Bernoulli only) and the reconstruction
       training_state.safetensors
@@ -159,11 +161,16 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
               help="prior: z ~ p(z), x ~ p(x|z); reconstruct: test images above their "
                    "reconstructions; interpolate: decoded line between two encodings; traverse: "
                    "one latent unit varied per row; manifold: decoded grid over the prior's "
-                   "quantiles (z-dim 2); latents: map of posterior means coloured by label.")
+                   "quantiles (z-dim 2); latents: map of posterior means coloured by label; "
+                   "analogies (label-conditioned models): each test image's style decoded "
+                   "under every class.")
 @click.option("--num", type=int,
               help="prior: draws [64]; reconstruct: images [32]; interpolate: pairs [8]; "
                    "traverse: which test image, 1 = the first [1]; manifold: grid side [15]; "
-                   "latents: images [2000].")
+                   "latents: images [2000]; analogies: images [8].")
+@click.option("--label", type=int,
+              help="Label-conditioned models, prior and manifold modes: draw class K (0 to "
+                   "K-1). Default: class r mod K in row r (manifold: class 0).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mean", is_flag=True,
               help="prior mode: the mean of p(x|z) (e.g. pixel probabilities) instead of a draw.")
@@ -172,7 +179,7 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
 @click.option("--dataset", help="Images for the modes that need them: as for 'evaluate'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="A .png picture; in prior mode also .npy for the (num, ...) array.")
-def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
+def sample(run_dir, mode, num, label, seed, mean, nrow, dataset, out) -> None:
     """Pictures of what the model in RUN_DIR learned; by default draws z ~ p(z), x ~ p(x|z)."""
     from .evaluation.pictures import sample_run
 
@@ -181,7 +188,7 @@ def sample(run_dir, mode, num, seed, mean, nrow, dataset, out) -> None:
     _check_seed(seed)
     _check_out_file(out, (".png", ".npy") if mode == "prior" else (".png",))
     click.echo(sample_run(run_dir, mode, out, num=num, nrow=nrow, mean=mean, dataset=dataset,
-                          seed=seed))
+                          seed=seed, label=label))
 
 
 def _check_out_file(out: str, suffixes: tuple[str, ...]) -> str:
@@ -261,13 +268,16 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
 @click.option("--limit", type=int, help="Encode the first N images only.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="codes.npy for the posterior means (N, z_dim); codes.npz for arrays loc, "
-                   "scale (and labels when the data have them).")
+                   "scale (and labels when the data have them; probs, q(y|x), for --labelled "
+                   "runs).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def encode(run_dir, dataset, limit, out, device) -> None:
     """Posterior means (and scales) of q(z|x) for the images in --data.
 
     Images are binarised exactly as the run's test set was, where the run binarised. For the
-    iaf guide the location is the flowed base mean and the scale the base's.
+    iaf guide the location is the flowed base mean and the scale the base's. A conditional
+    model encodes with the data's labels or covariates, q(z|x, y): codes with their effect
+    taken out; a --labelled run with its classifier's most probable class.
     """
     from .evaluation.evaluate import encode_run
     from .io.files import save_arrays

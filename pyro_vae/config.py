@@ -23,8 +23,8 @@ from typing import Any
 from . import parts  # noqa: F401  (registers the built-in parts)
 from .errors import CheckpointError, ConfigError
 from .parts.corruption import parse_corruption
-from .registry import (BINARIZE_MODES, DEVICES, FAMILIES, LIKELIHOODS, NETWORKS, OBJECTIVES,
-                       PRIORS, Option, non_negative_int, positive, positive_int)
+from .registry import (BINARIZE_MODES, DEVICES, FAMILIES, LIKELIHOODS, MAX_SIZE, NETWORKS,
+                       OBJECTIVES, PRIORS, Option, non_negative_int, positive, positive_int)
 
 #: Identifies a pyro_vae ``config.json`` and the layout of the run directory.
 FORMAT = "pyro_vae.run"
@@ -73,6 +73,29 @@ def _count_of(unit: str):
 
 def _non_negative(value: Any) -> str | None:
     return None if value == 0 else positive(value)
+
+
+#: The most classes a label condition may have (one-hot codes of this length).
+MAX_CLASSES = 10_000
+
+
+def _condition(spec: Any) -> str | None:
+    if not isinstance(spec, str):
+        return None  # the type's message
+    names = [name.strip() for name in spec.split(",")]
+    if spec != "label" and (not all(names) or "label" in names):
+        return ("must be label, or the comma-separated names of numeric table columns (e.g. "
+                "--condition age,dose)")
+    if len(set(names)) != len(names):
+        return "names a column twice"
+    return None
+
+
+def _labelled(value: Any) -> str | None:
+    if value == "all" or (isinstance(value, str) and value.isdigit()
+                          and 0 < int(value) <= MAX_SIZE):
+        return None
+    return "must be a positive number of labels to keep, or all"
 
 
 def _corruption(spec: Any) -> str | None:
@@ -125,7 +148,16 @@ class ModelConfig:
         "own units). Default: for vectors and tables scored by a likelihood that learns its "
         "scale (normal-learned).",
         flag="standardize/--no-standardize")
+    condition: str | None = option(
+        str, None, "The conditional VAE p(x|z, y), q(z|x, y) (Sohn et al. 2015): label conditions "
+        "on the class label (one-hot), NAMES on these comma-separated numeric table columns "
+        "(covariates, taken out of the features).", _condition, metavar="label|NAMES")
     data_shape: tuple[int, ...] | None = None
+    #: The number K of classes of a label condition, decided by the training labels.
+    num_classes: int | None = None
+    #: y is a latent class, observed where labelled, with p(y) and the classifier q(y|x): the
+    #: M2 model of Kingma et al. (2014); set by ``--labelled``.
+    semi_supervised: bool = False
     arch: PartChoice | None = None
     prior: PartChoice | None = None
     likelihood: PartChoice | None = None
@@ -147,6 +179,43 @@ class ModelConfig:
             raise ConfigError("a model needs a likelihood")
         if not self.user_built and None in (self.arch, self.prior, self.guide):
             raise ConfigError("a model needs an arch, a prior and a guide")
+        if self.num_classes is not None and (
+                not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool)
+                or not 2 <= self.num_classes <= MAX_CLASSES):
+            raise ConfigError(f"num_classes must be a whole number from 2 to {MAX_CLASSES}, got "
+                              f"{self.num_classes!r}")
+        if not isinstance(self.semi_supervised, bool):
+            raise ConfigError(f"semi_supervised must be true or false, got "
+                              f"{self.semi_supervised!r}")
+        if self.semi_supervised and self.condition != "label":
+            raise ConfigError("--labelled makes the class label a latent site, so it needs "
+                              "--condition label, not --condition "
+                              f"{self.condition}")
+
+    @property
+    def covariates(self) -> tuple[str, ...] | None:
+        """The table columns of a covariate condition (``--condition NAMES``), else None."""
+        if self.condition is None or self.condition == "label":
+            return None
+        return tuple(name.strip() for name in self.condition.split(","))
+
+    @property
+    def condition_dim(self) -> int:
+        """C, the entries of the condition vector the networks read: K for a label, the
+        number of covariates, 0 without a condition.
+
+        Raises
+        ------
+        ConfigError
+            For a label condition whose number of classes the data have not decided yet.
+        """
+        if self.condition is None:
+            return 0
+        if self.condition == "label":
+            if self.num_classes is None:
+                raise ConfigError("the number of classes is unknown until the labels are read")
+            return self.num_classes
+        return len(self.covariates)
 
     @property
     def input_dim(self) -> int:
@@ -182,6 +251,11 @@ class ModelConfig:
         if self.user_built:
             return
         prior, family = self.prior.cls, self.guide.cls
+        if self.condition is not None and prior.needs_encoder:
+            raise ConfigError(
+                f"--prior {prior.name} is a mixture of the guide's posteriors at pseudo-inputs, "
+                "which a conditional guide q(z|x, y) would need labels for; use another prior "
+                "with --condition")
         if not prior.proper and not family.point_mass:
             raise ConfigError(
                 f"a flat prior (--prior {prior.name}) makes the ELBO of a stochastic guide "
@@ -210,6 +284,10 @@ class ModelConfig:
         """The ``model`` table of ``config.json`` (format 2)."""
         body = {**{name: getattr(self, name) for name in section_options(ModelConfig)},
                 "data_shape": list(self.data_shape or []) or None}
+        if self.condition is None:
+            del body["condition"]  # unconditional runs are written as before conditions existed
+        else:
+            body.update(num_classes=self.num_classes, semi_supervised=self.semi_supervised)
         if self.user_built:
             body["user_built"] = True
         for kind in PART_KINDS:
@@ -256,6 +334,11 @@ class DataConfig:
         "maps and encodings).", metavar="NAME")
     drop_non_numeric: bool = option(
         bool, False, "Tables: drop columns that are not numbers instead of refusing the table.")
+    labelled: str | None = option(
+        str, None, "The semi-supervised M2 model (Kingma et al. 2014): keep N training labels, "
+        "as many of each class (drawn with --seed), and treat the other images as unlabelled, "
+        "their class a latent site summed out exactly; all keeps every label.", _labelled,
+        metavar="N|all")
     stream: bool | None = option(
         bool, None, ".npy files: leave the training rows in the file and read them batch by "
         "batch through a memory map, shuffled in blocks. Default: when the file is larger than "
@@ -274,6 +357,8 @@ class DataConfig:
                         isinstance(v, str) for v in value):
                     raise ConfigError(f"{name} must be a list of names, got {value!r}")
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.labelled, int) and not isinstance(self.labelled, bool):
+            object.__setattr__(self, "labelled", str(self.labelled))  # fit(labelled=100)
         for name in ("channels_first", "stream"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -286,12 +371,24 @@ class DataConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} applies to tables (.csv, "
                                   ".parquet) only; drop it")
 
+    @property
+    def labelled_count(self) -> int | None:
+        """The number of training labels ``--labelled`` keeps; None for all of them (or
+        without ``--labelled``)."""
+        return None if self.labelled in (None, "all") else int(self.labelled)
+
 
 #: Images per SVI step unless --batch-size says otherwise (fewer when the data are fewer).
 DEFAULT_BATCH = 128
+#: α of the semi-supervised model's classification term unless --classifier-weight says
+#: otherwise (see the README, "Labels").
+DEFAULT_CLASSIFIER_WEIGHT = 300.0
 
 #: DataConfig fields that the data decide (not options): read from the training table.
 DATA_DECIDED = ("columns", "classes")
+#: ModelConfig fields that the data decide (not options): the shape of one data point and the
+#: number of classes of a label condition.
+MODEL_DECIDED = ("data_shape", "num_classes")
 
 
 @dataclass(frozen=True)
@@ -310,6 +407,10 @@ class TrainConfig:
         "zeroed with probability p, on what the encoder reads) while the likelihood scores the "
         "clean x.", _corruption,
         metavar="gaussian:σ|mask:p")
+    classifier_weight: float | None = option(
+        float, None, "--labelled only: weight α of the classification term α·log q(y|x) of the "
+        "labelled images (Kingma et al. 2014, eq. 9).", _non_negative,
+        metavar="ALPHA")
     contractive: float = option(float, 0.0, "λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on "
                                 "the encoder.", _non_negative)
     clip_norm: float | None = option(
@@ -369,7 +470,7 @@ def part_option_flags() -> dict[str, list[tuple[type, str]]]:
         If a part's option takes the name of an option of the configuration sections.
     """
     taken = {*section_options(DataConfig), *section_options(TrainConfig), *PART_KINDS,
-             *section_options(ModelConfig), "data_shape"}
+             *section_options(ModelConfig), *MODEL_DECIDED}
     flags: dict[str, list[tuple[type, str]]] = {}
     for registry in PART_KINDS.values():
         for cls in registry.parts.values():
@@ -425,15 +526,19 @@ class Config:
         unknown = sorted(set(given) - set(section_options(TrainConfig))
                          - set(section_options(DataConfig)) - set(part_option_flags())
                          - set(PART_KINDS) - set(section_options(ModelConfig))
-                         - {"data_shape", *DATA_DECIDED})
+                         - {*MODEL_DECIDED, *DATA_DECIDED})
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]!r}; see pyro-vae fit --help")
         self.train = TrainConfig(**section_values(given, TrainConfig))
         self.data = DataConfig(**section_values(given, DataConfig),
                                **{k: given[k] for k in DATA_DECIDED if k in given})
         chosen = {kind: given.get(kind, registry.default) for kind, registry in PART_KINDS.items()}
+        own = section_values(given, ModelConfig)
+        semi_supervised = self.data.labelled is not None
+        if semi_supervised:  # --labelled alone: the class label is the model's condition
+            own.setdefault("condition", "label")
         self.model = ModelConfig(
-            **section_values(given, ModelConfig), data_shape=given.get("data_shape"),
+            **own, **{k: given.get(k) for k in MODEL_DECIDED}, semi_supervised=semi_supervised,
             **{kind: _choose(kind, name, given) for kind, name in chosen.items()})
         _refuse_unused(chosen, given)
         self._check()
@@ -456,7 +561,7 @@ class Config:
                 **{k: v for k, v in dataclasses.asdict(self.train).items() if v is not None},
                 **{k: getattr(self.model, k) for k in section_options(ModelConfig)
                    if getattr(self.model, k) is not None},
-                "data_shape": self.model.data_shape}
+                **{k: getattr(self.model, k) for k in MODEL_DECIDED}}
         for kind in PART_KINDS:
             choice = getattr(self.model, kind)
             if choice is None:
@@ -495,6 +600,35 @@ class Config:
                 f"--binarize applies to the {_names(LIKELIHOODS, 'binary')} likelihood only, not "
                 f"{model.likelihood.name!r}; drop --binarize or use --likelihood "
                 f"{_names(LIKELIHOODS, 'binary')}")
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        """The rules of conditional and semi-supervised models."""
+        model, train, data = self.model, self.train, self.data
+        if model.covariates is not None and not data.dataset.lower().endswith(
+                (".csv", ".parquet")):
+            raise ConfigError(f"--condition {model.condition} names table columns, but "
+                              f"{data.dataset} is not a .csv or .parquet table; use --condition "
+                              "label to condition on the class label")
+        if model.semi_supervised != (data.labelled is not None):  # a model of the user's
+            raise ConfigError("a model with a classifier q(y|x) is trained with --labelled N "
+                              "(or all)" if model.semi_supervised else "--labelled needs a "
+                              "model with a classifier: build the VAE with classifier=...")
+        if not model.semi_supervised:
+            if train.classifier_weight is not None:
+                raise ConfigError("--classifier-weight weights the classifier q(y|x) of the "
+                                  "semi-supervised model; give it with --labelled N")
+            return
+        if OBJECTIVES[train.elbo]().enumerated() is None:
+            raise ConfigError(
+                f"--labelled sums the unknown class out exactly (TraceEnum_ELBO), which --elbo "
+                f"{train.elbo} has no form of; use --elbo {_names(OBJECTIVES, 'enumerates')}")
+        if train.contractive:
+            raise ConfigError("--contractive penalises the encoder's Jacobian, which is not "
+                              "defined where the class is summed out (--labelled); drop one")
+        if data.labelled == "all" and train.classifier_weight == 0:
+            raise ConfigError("with --labelled all the classifier q(y|x) learns only from the "
+                              "classification term; give --classifier-weight > 0")
 
     def __getattr__(self, name: str) -> Any:
         """Flat read access in the options' own names: ``config.epochs``, ``config.prior``
@@ -546,7 +680,7 @@ class Config:
                          if k not in section_options(DataConfig)
                          and k not in section_options(TrainConfig)}
         model_changes = {k: v for k, v in model_changes.items() if k not in DATA_DECIDED}
-        if set(model_changes) - {*section_options(ModelConfig), "data_shape"}:
+        if set(model_changes) - {*section_options(ModelConfig), *MODEL_DECIDED}:
             raise ConfigError(f"option {sorted(model_changes)[0]!r} describes a built-in model; "
                               "a VAE you built brings its own networks and parts")
         return Config.of(dataclasses.replace(self.model, **model_changes),
@@ -573,6 +707,8 @@ class Config:
             changes["batch_size"] = max(1, min(DEFAULT_BATCH, train_size))
         if config.model.standardize is None and not config.model.user_built:
             changes["standardize"] = config.model.standardizes
+        if config.model.semi_supervised and config.train.classifier_weight is None:
+            changes["classifier_weight"] = DEFAULT_CLASSIFIER_WEIGHT
         return config.replace(**changes) if changes else config
 
     def __eq__(self, other: object) -> bool:
@@ -664,7 +800,8 @@ def _part_from_dict(kind: str, body: object) -> PartChoice | None:
     return PartChoice(kind, body["name"], cls.resolve(options))
 
 
-_V2_KEYS = {"model": {*section_options(ModelConfig), "data_shape", "user_built", *PART_KINDS},
+_V2_KEYS = {"model": {*section_options(ModelConfig), *MODEL_DECIDED, "semi_supervised",
+                      "user_built", *PART_KINDS},
             "data": {*section_options(DataConfig), *DATA_DECIDED}, "training": set(section_options(TrainConfig))}
 
 
@@ -679,7 +816,8 @@ def _from_v2(payload: dict, model_only: bool) -> Config:
         raise CheckpointError("config.json lacks model.data_shape; the file is damaged, retrain")
     # Runs written before --standardize existed did not standardise.
     own = {"standardize": False, **section_values(body, ModelConfig)}
-    model = ModelConfig(**own, data_shape=body["data_shape"],
+    model = ModelConfig(**own, **{k: body.get(k) for k in MODEL_DECIDED},
+                        semi_supervised=body.get("semi_supervised", False),
                         user_built=bool(body.get("user_built", False)),
                         **{kind: _part_from_dict(kind, body.get(kind)) for kind in PART_KINDS})
     model.check()

@@ -1,4 +1,5 @@
-"""The VAE as a Pyro program: the model p(z) p(x|z) and the guide q(z|x)."""
+"""The VAE as a Pyro program: the model p(z) p(x|z) and the guide q(z|x); with a condition y,
+the conditional VAE p(z) p(x|z, y), q(z|x, y), and the semi-supervised M2 model."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from .config import Config, ModelConfig, PartChoice
 from .errors import ConfigError
+from .parts.conditions import Condition, CovariateCondition, LabelCondition
 from .parts.families import EncoderFamily, Family
 from .parts.likelihoods import Likelihood
 from .parts.priors import DistributionPrior, Prior
@@ -47,6 +49,21 @@ class VAE(nn.Module):
     ``corruption`` feeds the guide x̃ ~ C(x̃|x) (denoising); ``contractive`` λ adds
     −λ‖∂f(x)/∂x‖²_F through ``pyro.factor``. Without them, model and guide are the plain ELBO's.
 
+    **Conditional models.** With a ``condition`` the networks read y as a vector c (one-hot
+    for a class label, standardised covariates; :mod:`~pyro_vae.parts.conditions`), the
+    decoder cat[z, c] and the encoder (x, c): the conditional VAE of Sohn, Lee & Yan (2015),
+    p(z) p(x|z, y) and q(z|x, y), y an input given with every batch. With a ``classifier`` as
+    well, the class is a latent site, the M2 model of Kingma, Mohamed, Rezende & Welling (2014,
+    §3.1.2, eq. 6–9)::
+
+        y ~ p(y) = Cat(1/K)            site "y", observed for labelled images
+        x ~ p(x | decoder(z, y))
+        y ~ q(y|x) = Cat(classifier(x))  in the guide, where y is not given, enumerated
+
+    Where y is not given, ``TraceEnum_ELBO`` sums the guide's "y" out over its K values in
+    parallel, the unlabelled bound U(x) of their eq. 7; where it is, ``classifier_weight`` α adds
+    their classification term α·log q(y|x) (eq. 9) with ``pyro.factor``, in training only.
+
     Parameters
     ----------
     encoder : nn.Module
@@ -69,6 +86,13 @@ class VAE(nn.Module):
         the encoder reads (x − m)/s and p(x|z) is pushed through x = m + s·x', so every
         log-likelihood stays in data units. m and s are set from the training data by
         :meth:`adapt`.
+    condition : Condition, optional
+        What the model conditions on (:class:`~pyro_vae.parts.conditions.LabelCondition`,
+        :class:`~pyro_vae.parts.conditions.CovariateCondition`); then ``encoder(x, c)`` and
+        ``decoder(cat[z, c])`` read its vector c of ``condition.dim`` entries.
+    classifier : nn.Module, optional
+        With a label condition: x (batch, D) → the K logits of q(y|x), which makes the
+        class a latent site (the semi-supervised model).
 
     Raises
     ------
@@ -78,9 +102,17 @@ class VAE(nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior, likelihood="bernoulli",
                  family: Family | None = None, *, data_shape: tuple[int, ...] | None = None,
-                 standardize: bool = False):
+                 standardize: bool = False, condition: Condition | None = None,
+                 classifier: nn.Module | None = None):
         super().__init__()
         prior = prior if isinstance(prior, Prior) else DistributionPrior(prior)
+        if classifier is not None and not (condition is not None and condition.labels):
+            raise ConfigError("a classifier q(y|x) needs a label condition: pass "
+                              "condition=LabelCondition(num_classes)")
+        if condition is not None and prior.needs_encoder:
+            raise ConfigError(f"the prior {prior.name} mixes the guide's posteriors at "
+                              "pseudo-inputs, which a conditional guide cannot give")
+        self.condition, self.classifier = condition, classifier
         self.encoder = encoder
         self.family = family if family is not None else EncoderFamily(prior.z_dim)
         self.decoder = decoder
@@ -107,15 +139,18 @@ class VAE(nn.Module):
             self.scaling = Standardize(input_dim)
 
     @torch.no_grad()
-    def adapt(self, x: torch.Tensor) -> None:
+    def adapt(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """Initialise from the training data ``x`` (N, D) before a new run trains: the
         standardisation's mean and scale, the likelihood's data-dependent start (the count
-        likelihoods' mean library size and output offset). :func:`pyro_vae.fit` calls it for
-        a model that has not been adapted (not on resume, nor for a loaded model); call it
-        yourself before your own SVI loop."""
+        likelihoods' mean library size and output offset), and from the training conditions
+        ``y`` the covariates' mean and scale. :func:`pyro_vae.fit` calls it for a model that
+        has not been adapted (not on resume, nor for a loaded model); call it yourself before
+        your own SVI loop."""
         if self.scaling is not None:
             self.scaling.adapt(x)
         self.likelihood.adapt(x)
+        if self.condition is not None and y is not None:
+            self.condition.adapt(y)
         self.adapted = True
 
     @classmethod
@@ -136,12 +171,21 @@ class VAE(nn.Module):
         if shape is None:
             raise ConfigError("data_shape is unknown until the data are loaded")
         likelihood = config.likelihood.build()
-        encoder, features = network.encoder(shape)
+        c_dim = config.condition_dim
+        encoder, features = (network.conditional_encoder(shape, c_dim) if c_dim
+                             else network.encoder(shape))
         family = config.guide.build(features, config.z_dim)
-        decoder = network.decoder(config.z_dim, shape, likelihood.params_per_dim)
+        decoder = network.decoder(config.z_dim + c_dim, shape, likelihood.params_per_dim)
         prior = config.prior.build(z_dim=config.z_dim, input_dim=config.input_dim)
+        condition = classifier = None
+        if config.condition == "label":
+            condition = LabelCondition(config.num_classes)
+        elif config.condition is not None:
+            condition = CovariateCondition(c_dim)
+        if config.semi_supervised:
+            classifier = network.classifier(shape, config.num_classes)
         vae = cls(encoder, decoder, prior, likelihood, family, data_shape=shape,
-                  standardize=config.standardizes)
+                  standardize=config.standardizes, condition=condition, classifier=classifier)
         vae.config = config
         return vae
 
@@ -161,8 +205,16 @@ class VAE(nn.Module):
             raise ConfigError(f"the likelihood {cls.__name__} is not registered; register it "
                               "with pyro_vae.register_likelihood('name') to save the model")
         options = {a: getattr(self.likelihood, a) for a in cls.options()}
+        condition = self.condition
+        if condition is not None and not condition.labels:
+            raise ConfigError("a model of yours conditioned on covariates cannot name its "
+                              "columns in config.json; fit it with a label condition or "
+                              "through --condition NAMES")
         return ModelConfig(z_dim=self.z_dim, data_shape=self.data_shape, user_built=True,
                            standardize=self.standardize,
+                           condition="label" if condition is not None else None,
+                           num_classes=condition.num_classes if condition is not None else None,
+                           semi_supervised=self.semi_supervised,
                            likelihood=PartChoice("likelihood", cls.name, options))
 
     @property
@@ -175,13 +227,36 @@ class VAE(nn.Module):
         """Whether p(z) can be sampled, so that the model can generate new data."""
         return self.prior.proper
 
-    def model(self, x: torch.Tensor | None = None, kl_weight=None, *, num: int | None = None,
-              contractive: float = 0.0, corruption=None) -> torch.Tensor:
-        """p(z) p(x|z) for a batch ``x`` of shape (batch, D), or ``num`` fresh draws if x is None.
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether the class is a latent site with a classifier q(y|x) (the M2 model), so that
+        objectives sum it out where it is not given (:meth:`guide`)."""
+        return self.classifier is not None
 
-        ``kl_weight`` (a float or 0-d tensor) scales the z site; ``contractive`` > 0 adds the
-        contractive penalty (:func:`contractive_penalty`); ``corruption`` is the guide's.
-        Returns the observed ``x``, or the sampled one (num, D) in the likelihood's units.
+    @property
+    def num_classes(self) -> int | None:
+        """K, the classes of a label condition; None for other models."""
+        return self.condition.num_classes if self.condition is not None and \
+            self.condition.labels else None
+
+    def model(self, x: torch.Tensor | None = None, kl_weight=None, y: torch.Tensor | None = None,
+              *, num: int | None = None, contractive: float = 0.0, corruption=None,
+              classifier_weight: float = 0.0) -> torch.Tensor:
+        """p(z) p(x|z) for a batch ``x`` of shape (batch, D), or ``num`` fresh draws if x is None;
+        with a condition, p(z) p(x|z, y).
+
+        ``y`` is the condition of each row: class labels (batch,) int64 or covariates
+        (batch, C); required by a conditional model, except by the semi-supervised one, which
+        draws the class from p(y) (or the guide) where ``y`` is None. ``kl_weight`` (a float
+        or 0-d tensor) scales the z site; ``contractive`` > 0 adds the contractive penalty
+        (:func:`contractive_penalty`); ``classifier_weight`` α > 0 adds α·log q(y|x) for given
+        labels (Kingma et al. 2014, eq. 9); ``corruption`` is the guide's. Returns the
+        observed ``x``, or the sampled one (num, D) in the likelihood's units.
+
+        Raises
+        ------
+        ConfigError
+            For a conditional model called without ``y`` (other than the semi-supervised one).
         """
         pyro.module(f"{self.name}.decoder", self.decoder)
         pyro.module(f"{self.name}.prior", self.prior)
@@ -190,11 +265,27 @@ class VAE(nn.Module):
         with pyro.plate("data", size):
             with _scaled(kl_weight):
                 z = pyro.sample("z", self.prior())
+            c = None
+            if self.semi_supervised:
+                pyro.module(f"{self.name}.classifier", self.classifier)
+                given = y
+                y = pyro.sample("y", self.condition.prior(), obs=y)
+                if classifier_weight and given is not None:
+                    q_y = dist.Categorical(logits=self.classifier(self.encoder_input(x)))
+                    pyro.factor("classification", classifier_weight * q_y.log_prob(given))
+            if self.condition is not None:
+                c = self.condition(self._required(y))
             if contractive:
-                penalty = contractive_penalty(self.code, x)
+                penalty = contractive_penalty(self.code, x, c)
                 pyro.factor("contractive", -contractive * penalty, has_rsample=True)
             obs = self.likelihood.to_obs(x) if x is not None else None
-            return pyro.sample("x", self.observation(self.decoder_params(z), x), obs=obs)
+            return pyro.sample("x", self.observation(self.decoder_params(z, c), x), obs=obs)
+
+    def _required(self, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            what = "class labels" if self.condition.labels else "covariates"
+            raise ConfigError(f"this model is conditioned on {what}: give y, one per row")
+        return y
 
     def observation(self, params: torch.Tensor, x: torch.Tensor | None = None):
         """p(x|z) in data units from the decoder output ``params`` (batch, D, k); ``x`` is the
@@ -213,38 +304,106 @@ class VAE(nn.Module):
         x = self.likelihood.encoder_input(x)
         return self.scaling(x) if self.scaling is not None else x
 
-    def guide(self, x: torch.Tensor, kl_weight=None, *, num: int | None = None,
-              contractive: float = 0.0, corruption=None) -> torch.Tensor:
-        """q(z|x) for a batch ``x`` of shape (batch, D); returns z of shape (batch, z_dim).
+    def guide(self, x: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None, *,
+              num: int | None = None, contractive: float = 0.0, corruption=None,
+              classifier_weight: float = 0.0) -> torch.Tensor:
+        """q(z|x) for a batch ``x`` of shape (batch, D), q(z|x, y) with a condition; returns z
+        of shape (batch, z_dim).
 
-        ``corruption`` (a callable, e.g. :class:`~pyro_vae.parts.corruption.MaskCorruption`)
-        makes the guide encode x̃ ~ C(x̃|x): the denoising autoencoder. It acts on what the
-        encoder reads (:meth:`encoder_input`: standardised features, log(1 + counts)), so
-        noise is in those units and a masked feature reads as its mean (or zero counts).
+        For the semi-supervised model without ``y`` the class is drawn from the classifier,
+        y ~ q(y|x), a site marked for parallel enumeration: ``TraceEnum_ELBO`` sums it out,
+        and z then has shape (K, batch, z_dim). ``corruption`` (a callable, e.g.
+        :class:`~pyro_vae.parts.corruption.MaskCorruption`) makes the guide encode
+        x̃ ~ C(x̃|x): the denoising autoencoder. It acts on what the encoder reads
+        (:meth:`encoder_input`: standardised features, log(1 + counts)), so noise is in those
+        units and a masked feature reads as its mean (or zero counts).
+
+        Raises
+        ------
+        ConfigError
+            For a conditional model called without ``y`` (other than the semi-supervised one).
         """
         pyro.module(f"{self.name}.encoder", self.encoder)
         pyro.module(f"{self.name}.family", self.family)
         seen = self.encoder_input(x)
         if corruption is not None:
             seen = corruption(seen)
-        with pyro.plate("data", x.shape[0]), _scaled(kl_weight):
-            return pyro.sample("z", self.family(self.encoder(seen)))
+        with pyro.plate("data", x.shape[0]):
+            if self.semi_supervised:
+                pyro.module(f"{self.name}.classifier", self.classifier)
+                if y is None:
+                    y = pyro.sample("y", dist.Categorical(logits=self.classifier(seen)),
+                                    infer={"enumerate": "parallel"})
+            with _scaled(kl_weight):
+                return pyro.sample("z", self.family(self._features(seen, y)))
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z|x): ``x`` (batch, D) → a distribution with batch (batch,), event (z_dim,)."""
-        return self.family(self.encoder(self.encoder_input(x)))
+    def _features(self, seen: torch.Tensor, y: torch.Tensor | None):
+        """The encoder's output for what it reads, ``seen``, and the condition y."""
+        if self.condition is None:
+            return self.encoder(seen)
+        return self.encoder(seen, self.condition(self._required(y)))
 
-    def code(self, x: torch.Tensor) -> torch.Tensor:
-        """The location of q(z|x), differentiable: (batch, D) → (batch, z_dim)."""
-        return self.family.location(self.encoder(self.encoder_input(x)))[0]
+    def given(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The condition to encode ``x`` (batch, D) with: ``y`` where given; for the
+        semi-supervised model without ``y``, the classifier's most probable class; None for an
+        unconditional model.
 
-    def decoder_params(self, z: torch.Tensor) -> torch.Tensor:
-        """The likelihood's parameters: ``z`` (..., z_dim) → (..., D, k)."""
+        Raises
+        ------
+        ConfigError
+            For another conditional model without ``y``.
+        """
+        if y is not None or self.condition is None:
+            return y
+        if self.semi_supervised:
+            return self.classify(x).argmax(-1)
+        return self._required(y)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y|x) of the semi-supervised model: ``x`` (batch, D) → class probabilities
+        (batch, K).
+
+        Raises
+        ------
+        ConfigError
+            For a model without a classifier.
+        """
+        if not self.semi_supervised:
+            raise ConfigError("only the semi-supervised model (--labelled) has a classifier "
+                              "q(y|x)")
+        return torch.softmax(self.classifier(self.encoder_input(x)), -1)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        """q(z|x) (or q(z|x, y), y as :meth:`given` decides): ``x`` (batch, D) → a
+        distribution with batch (batch,), event (z_dim,)."""
+        return self.family(self._features(self.encoder_input(x), self.given(x, y)))
+
+    def code(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The location of q(z|x) (q(z|x, y) for the condition vector ``c`` (batch, C)),
+        differentiable: (batch, D) → (batch, z_dim)."""
+        seen = self.encoder_input(x)
+        features = self.encoder(seen) if c is None else self.encoder(seen, c)
+        return self.family.location(features)[0]
+
+    def decoder_params(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The likelihood's parameters: ``z`` (..., z_dim) and, for a conditional model, the
+        condition vector ``c`` (..., C) → (..., D, k); z and c broadcast, and the decoder reads
+        cat[z, c]."""
+        if c is not None:
+            lead = torch.broadcast_shapes(z.shape[:-1], c.shape[:-1])
+            z = torch.cat([z.expand(*lead, z.shape[-1]), c.expand(*lead, c.shape[-1])], -1)
         out = self.decoder(z)
         return out.reshape(*z.shape[:-1], -1, self.likelihood.params_per_dim)
 
-    def _gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._gaussian_of_input(self.encoder_input(x))
+    def condition_vector(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """c for the condition ``y`` (labels (…,) or covariates (…, C)); None when there is
+        no condition (or no ``y``)."""
+        return self.condition(y) if self.condition is not None and y is not None else None
+
+    def _gaussian(self, x: torch.Tensor, y: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = self.encoder_input(x)
+        return self.family.location(self._features(seen, self.given(x, y)))
 
     def _gaussian_of_input(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.family.location(self.encoder(seen))
@@ -257,27 +416,47 @@ class VAE(nn.Module):
         return self.scaling.inverse(mean) if self.scaling is not None else mean
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale of q(z|x): ``x`` (batch, D) → two (batch, z_dim).
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of q(z|x): ``x`` (batch, D) → two (batch, z_dim). For a
+        conditional model, of q(z|x, y) with y as :meth:`given` decides: the code with the
+        condition's effect taken out, since the decoder gets y separately.
 
         For the ``iaf`` family these are the flowed base location and the base scale; for
         ``delta``, (f(x), 0).
         """
-        return self._gaussian(x)
+        return self._gaussian(x, y)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|z) in data units: ``z`` (batch, z_dim) → (batch, D)."""
-        return self._mean(self.decoder_params(z))
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of p(x|z) (p(x|z, y) with a condition) in data units: ``z`` (batch, z_dim) →
+        (batch, D)."""
+        if self.condition is not None:
+            self._required(y)
+        return self._mean(self.decoder_params(z, self.condition_vector(y)))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x | z = location of q(z|x)): ``x`` (batch, D) → (batch, D)."""
-        return self._mean(self.decoder_params(self.encode(x)[0]), x)
+    def decode_vector(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of p(x|z, c) in data units for condition vectors ``c`` (…, C) themselves, e.g.
+        a point between two one-hot codes: ``z`` (…, z_dim) → (…, D); ``c`` None for an
+        unconditional model."""
+        return self._mean(self.decoder_params(z, c))
 
     @torch.no_grad()
-    def sample(self, num: int, mean: bool = False) -> torch.Tensor:
-        """Draw z ~ p(z), then x ~ p(x|z) (or its mean with ``mean=True``): (num, D) in data units.
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of p(x | z = location of q(z|x)): ``x`` (batch, D) → (batch, D); for a
+        conditional model with y as :meth:`given` decides, in encoder and decoder."""
+        y = self.given(x, y)
+        params = self.decoder_params(self.encode(x, y)[0], self.condition_vector(y))
+        return self._mean(params, x)
+
+    @torch.no_grad()
+    def sample(self, num: int, mean: bool = False, y: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Draw z ~ p(z), then x ~ p(x|z) (or its mean with ``mean=True``): (num, D) in data
+        units. For a conditional model, x ~ p(x|z, y) for the conditions ``y`` (num rows);
+        without them, the semi-supervised model draws y ~ p(y) and a label-conditioned one
+        draws labels uniformly.
 
         Runs :meth:`model` through ``pyro.infer.Predictive``, so it uses Pyro's global RNG
         (seed it with ``pyro.set_rng_seed``).
@@ -285,16 +464,20 @@ class VAE(nn.Module):
         Raises
         ------
         ConfigError
-            For an improper prior (the flat ``--prior none``), which cannot be sampled.
+            For an improper prior (the flat ``--prior none``), which cannot be sampled, and for
+            a model conditioned on covariates without ``y``.
         """
         if not self.can_sample:
             raise ConfigError(
                 f"this model has the improper prior --prior {self.prior.name}, which cannot be "
                 "sampled; train with a proper prior to generate new data"
             )
-        draws = Predictive(self.model, num_samples=1, return_sites=("z", "x"))(None, num=num)
+        if y is None and self.num_classes is not None and not self.semi_supervised:
+            y = torch.randint(self.num_classes, (num,), device=next(self.buffers()).device)
+        draws = Predictive(self.model, num_samples=1, return_sites=("z", "x", "y"))(
+            None, None, y, num=num)
         if mean:
-            return self.decode(draws["z"][0])
+            return self.decode(draws["z"][0], draws["y"][0] if "y" in draws else y)
         return self.likelihood.to_data(draws["x"][0])
 
 
@@ -317,16 +500,23 @@ def _scaled(kl_weight):
     return poutine.scale(scale=kl_weight)
 
 
-def contractive_penalty(code, x: torch.Tensor) -> torch.Tensor:
-    """‖∂f(x)/∂x‖²_F per image, f = ``code`` the encoder's code map (the guide's location).
+def contractive_penalty(code, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """‖∂f(x)/∂x‖²_F per image, f = ``code`` the encoder's code map (the guide's location; for
+    a conditional model at the condition vectors ``c`` (batch, C), held fixed).
 
     The contractive autoencoder's penalty (Rifai et al. 2011, eq. 2), with the Jacobian
     (batch, z_dim, D) computed by ``torch.func.jacrev`` under ``vmap``; differentiable with
     respect to the encoder's parameters. ``x`` (batch, D) → (batch,).
     """
 
-    def one(xi: torch.Tensor) -> torch.Tensor:
-        return code(xi.unsqueeze(0)).squeeze(0)
+    if c is None:
+        def one(xi: torch.Tensor) -> torch.Tensor:
+            return code(xi.unsqueeze(0)).squeeze(0)
 
-    jacobian = torch.func.vmap(torch.func.jacrev(one))(x)
+        jacobian = torch.func.vmap(torch.func.jacrev(one))(x)
+    else:
+        def one(xi: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+            return code(xi.unsqueeze(0), ci.unsqueeze(0)).squeeze(0)
+
+        jacobian = torch.func.vmap(torch.func.jacrev(one))(x, c.expand(x.shape[0], -1))
     return jacobian.pow(2).sum(dim=(-2, -1))

@@ -31,7 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BINARIZE_MODES = ("dynamic", "static", "none")
 #: Picture modes of ``pyro-vae sample`` and their default ``--num``.
 PICTURE_MODES = {"prior": 64, "reconstruct": 32, "interpolate": 8, "traverse": 1,
-                 "manifold": 15, "latents": 2000}
+                 "manifold": 15, "latents": 2000, "analogies": 8}
 
 
 def positive(value: Any) -> str | None:

@@ -63,9 +63,9 @@ def test_memory_is_bounded_by_the_chunk_not_by_k(fmnist_small, monkeypatch):
     seen = []
     original = log_importance_weights
 
-    def spy(vae, xb, num_samples, proposal=None):
+    def spy(vae, xb, num_samples, proposal=None, y=None):
         seen.append(num_samples)
-        return original(vae, xb, num_samples, proposal)
+        return original(vae, xb, num_samples, proposal, y)
 
     monkeypatch.setattr("pyro_vae.evaluation.evaluate.log_importance_weights", spy)
     evaluate(vae, x, iwae_samples=1000, batch_size=10, chunk_size=64, progress=False)

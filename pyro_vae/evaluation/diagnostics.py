@@ -11,6 +11,10 @@
   means and standard deviations are set beside NUTS's.
 - **InferenceData.** Posterior draws of z from q for N images, prior draws, posterior-predictive
   images, pointwise log-likelihoods and the observed images, in one ``arviz.InferenceData``.
+
+A conditional model is checked on its continuous latent given the condition: q(z|x, y) against
+p(z|x, y), y the images' labels or covariates; the semi-supervised model's y is its
+classifier's most probable class for each image.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ..errors import ConfigError
 from ..io.files import atomic_write_bytes, staged_folder, write_json
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
-from ..io.data import load_eval_data
+from ..io.data import eval_data
 from ..model import VAE
 from ..plots import save_figure
 from .evaluate import log_importance_weights
@@ -68,17 +72,21 @@ _BATCH = 50
 MIN_PSIS_DRAWS = 100
 
 
-def _batched(fn, x: torch.Tensor, dim: int):
-    """``fn`` over batches of images of ``x``, outputs concatenated along ``dim``."""
-    outs = [fn(xb) for xb in x.split(_BATCH)]
+def _batched(fn, x: torch.Tensor, dim: int, y: torch.Tensor | None = None):
+    """``fn(xb, yb)`` over batches of images of ``x`` and their conditions ``y`` (None
+    throughout without), outputs concatenated along ``dim``."""
+    outs = [fn(x[i : i + _BATCH], y[i : i + _BATCH] if y is not None else None)
+            for i in range(0, x.shape[0], _BATCH)]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts, dim=dim) for parts in zip(*outs))
     return torch.cat(outs, dim=dim)
 
 
 @torch.no_grad()
-def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceData:
-    """q(z|x), p(z), p(x̃|z) and log p(x|z) for the images ``x`` (N, D) as InferenceData.
+def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100,
+                   y: torch.Tensor | None = None) -> az.InferenceData:
+    """q(z|x), p(z), p(x̃|z) and log p(x|z) for the images ``x`` (N, D) as InferenceData (for
+    a conditional model given the conditions ``y``, as :meth:`VAE.given` decides).
 
     Groups and dimensions: ``posterior.z`` (chain, draw, image, latent) from the guide;
     ``prior.z`` the same shape from p(z); ``posterior_predictive.x`` (chain, draw, image,
@@ -88,14 +96,16 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceD
     """
     vae.eval()
 
-    def per_batch(xb):
-        _, log_lik, z = log_importance_weights(vae, xb, draws)  # (S, B), (S, B, z_dim)
-        predicted = vae.observation(vae.decoder_params(z), xb).sample()  # (S, B, D), data units
+    def per_batch(xb, yb):
+        _, log_lik, z = log_importance_weights(vae, xb, draws, y=yb)  # (S, B), (S, B, z_dim)
+        params = vae.decoder_params(z, vae.condition_vector(yb))
+        predicted = vae.observation(params, xb).sample()  # (S, B, D), data units
         if vae.likelihood.discrete:
             predicted = predicted.to(torch.int64 if vae.likelihood.counts else torch.uint8)
         return log_lik, z, predicted
 
-    log_lik, z, predicted = _batched(per_batch, x, dim=1)
+    y = vae.given(x, y)
+    log_lik, z, predicted = _batched(per_batch, x, dim=1, y=y)
     prior = vae.prior().sample((draws, x.shape[0]))
     coords = {"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim),
               "pixel": np.arange(x.shape[1])}
@@ -122,8 +132,10 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100) -> az.InferenceD
 
 
 @torch.no_grad()
-def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250) -> np.ndarray:
-    """PSIS k̂ of the importance weights p(x, z)/q(z|x), z ~ q(z|x), per image: (N,).
+def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250,
+                y: torch.Tensor | None = None) -> np.ndarray:
+    """PSIS k̂ of the importance weights p(x, z)/q(z|x), z ~ q(z|x), per image: (N,); for a
+    conditional model of p(x, z|y)/q(z|x, y), y as :meth:`VAE.given` decides.
 
     Yao et al. (2018), §2.1, with ``arviz.psislw`` on ``draws`` weights per image, computed in
     batches of images and chunks of draws.
@@ -136,20 +148,23 @@ def pareto_khat(vae: VAE, x: torch.Tensor, draws: int = 1000, chunk: int = 250) 
     if draws < MIN_PSIS_DRAWS:
         raise ConfigError(f"Pareto k̂ needs at least {MIN_PSIS_DRAWS} draws per image, got {draws}")
 
-    def per_batch(xb):
-        return torch.cat([log_importance_weights(vae, xb, min(chunk, draws - k))[0]
+    def per_batch(xb, yb):
+        return torch.cat([log_importance_weights(vae, xb, min(chunk, draws - k), y=yb)[0]
                           for k in range(0, draws, chunk)])  # (draws, B)
 
-    log_w = _batched(per_batch, x, dim=1)
+    log_w = _batched(per_batch, x, dim=1, y=vae.given(x, y))
     _, khat = az.psislw(log_w.T.cpu().numpy())
     return np.asarray(khat)
 
 
 @torch.no_grad()
-def guide_draws(vae: VAE, x: torch.Tensor, draws: int = 1000) -> torch.Tensor:
-    """``draws`` samples of z ~ q(z|x) for each image of ``x`` (N, D): (draws, N, z_dim)."""
+def guide_draws(vae: VAE, x: torch.Tensor, draws: int = 1000, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """``draws`` samples of z ~ q(z|x) (q(z|x, y)) for each image of ``x`` (N, D):
+    (draws, N, z_dim)."""
     vae.eval()
-    return _batched(lambda xb: vae.posterior(xb).sample((draws,)), x, dim=1)
+    return _batched(lambda xb, yb: vae.posterior(xb, yb).sample((draws,)), x, dim=1,
+                    y=vae.given(x, y))
 
 
 def nuts_reference(
@@ -159,8 +174,10 @@ def nuts_reference(
     warmup: int = 400,
     samples: int = 800,
     progress: bool = True,
+    y: torch.Tensor | None = None,
 ) -> az.InferenceData:
-    """Draws from p(z|x) ∝ p(z) p(x|z), decoder fixed, by NUTS (Hoffman & Gelman 2014).
+    """Draws from p(z|x) ∝ p(z) p(x|z), decoder fixed, by NUTS (Hoffman & Gelman 2014); for a
+    conditional model from p(z|x, y), y as :meth:`VAE.given` decides.
 
     Runs ``pyro.infer.MCMC`` with ``NUTS`` on the model itself for the images ``x`` (M, D)
     jointly (their posteriors are independent), ``chains`` ≥ 2 chains each started from an
@@ -177,8 +194,9 @@ def nuts_reference(
         raise ConfigError("the NUTS reference needs at least 2 chains for R-hat; use --chains 4")
     vae.eval()
     with torch.no_grad():
-        centre = vae.encode(x)[0]
-        start = {"z": centre + 2.0 * (vae.posterior(x).sample((chains,)) - centre)}
+        y = vae.given(x, y)
+        centre = vae.encode(x, y)[0]
+        start = {"z": centre + 2.0 * (vae.posterior(x, y).sample((chains,)) - centre)}
     kernel = NUTS(vae.model, jit_compile=True, ignore_jit_warnings=True)
     with warnings.catch_warnings():  # on few cores Pyro runs the chains one after another
         warnings.filterwarnings("ignore", message="num_chains=")
@@ -187,7 +205,7 @@ def nuts_reference(
     with _frozen(vae), warnings.catch_warnings():
         # Pyro's jit_compile uses torch.jit.trace, which torch now marks as deprecated.
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
-        mcmc.run(x)
+        mcmc.run(x, *(() if y is None else (None, y)))
     return az.from_pyro(mcmc, log_likelihood=False, dims={"z": ["image", "latent"]},
                         coords={"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim)})
 
@@ -312,8 +330,10 @@ def diagnose(
     warmup: int = 400,
     nuts_samples: int = 800,
     progress: bool = True,
+    y: torch.Tensor | None = None,
 ) -> dict:
-    """Run every check on the images ``x`` (N, D) and write the results into ``out_dir``.
+    """Run every check on the images ``x`` (N, D) and write the results into ``out_dir``; a
+    conditional model is checked given the conditions ``y`` (see the module's notes).
 
     Writes ``posterior.nc`` (:func:`inference_data`), ``khat.csv`` and ``khat.png``
     (:func:`pareto_khat`), and for the first ``nuts_images`` images ``nuts.nc``,
@@ -334,9 +354,10 @@ def diagnose(
     """
     check_diagnosable(vae)
     out = Path(out_dir)
-    idata = inference_data(vae, x, draws)
+    y = vae.given(x, y)
+    idata = inference_data(vae, x, draws, y)
     _save_netcdf(idata, out / "posterior.nc")
-    khat = pareto_khat(vae, x, psis_draws)
+    khat = pareto_khat(vae, x, psis_draws, y=y)
     table = "image,khat\n" + "".join(f"{i},{k:.4f}\n" for i, k in enumerate(khat))
     atomic_write_bytes(out / "khat.csv", table.encode())
     save_khat_histogram(khat, out / "khat.png")
@@ -353,7 +374,7 @@ def diagnose(
     rows = None
     if nuts_images > 0:
         rows = _nuts_comparison(vae, x[:nuts_images], out, chains, warmup, nuts_samples,
-                                progress, summary)
+                                progress, summary, y[:nuts_images] if y is not None else None)
     trusted, reasons = verdict(khat, rows, unit)
     summary.update({"trusted": trusted, "verdict": reasons})
     write_json(out / "diagnostics.json", summary)
@@ -362,16 +383,17 @@ def diagnose(
 
 
 def _nuts_comparison(vae: VAE, xs: torch.Tensor, out: Path, chains: int, warmup: int,
-                     nuts_samples: int, progress: bool, summary: dict) -> list[dict]:
-    """The NUTS reference for the images ``xs``, its files, and the guide beside it; adds the
-    comparison's figures to ``summary`` and returns its rows."""
-    nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress)
+                     nuts_samples: int, progress: bool, summary: dict,
+                     ys: torch.Tensor | None = None) -> list[dict]:
+    """The NUTS reference for the images ``xs`` (and conditions ``ys``), its files, and the
+    guide beside it; adds the comparison's figures to ``summary`` and returns its rows."""
+    nuts = nuts_reference(vae, xs, chains, warmup, nuts_samples, progress, ys)
     _save_netcdf(nuts, out / "nuts.nc")
     table = az.summary(nuts, var_names=["z"], kind="all", round_to="none")
     buffer = io.StringIO()
     table.to_csv(buffer)
     atomic_write_bytes(out / "nuts_summary.csv", buffer.getvalue().encode())
-    q_draws = guide_draws(vae, xs).cpu().numpy()  # (1000, M, z_dim)
+    q_draws = guide_draws(vae, xs, y=ys).cpu().numpy()  # (1000, M, z_dim)
     rows = compare_with_nuts(nuts, table, q_draws.mean(0), q_draws.std(0))
     header = list(rows[0])
     lines = [",".join(header)] + [",".join(f"{r[h]:.6g}" for h in header) for r in rows]
@@ -398,6 +420,17 @@ def _save_netcdf(idata: az.InferenceData, path: Path) -> None:
     tmp.replace(path)
 
 
+def _given(vae: VAE) -> str:
+    """What the report says a conditional model was checked given."""
+    if vae.condition is None:
+        return ""
+    if vae.semi_supervised:
+        return (" Checked given the class y that the classifier q(y|x) finds most probable for "
+                "each image: q(z|x, y) against p(z|x, y).")
+    what = "labels" if vae.condition.labels else "covariates"
+    return f" Checked given the images' {what} y: q(z|x, y) against p(z|x, y)."
+
+
 def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
     word = "can be trusted" if s["trusted"] else "should not be trusted"
     guide = vae.family.name or type(vae.family).__name__
@@ -406,7 +439,7 @@ def _report(vae: VAE, source: str, s: dict, rows: list[dict] | None) -> str:
         "",
         f"Model: prior `{vae.prior.name or type(vae.prior).__name__}`, guide `{guide}`, "
         f"likelihood `{vae.likelihood.name}`, z-dim {vae.z_dim}. Data: {s['num_images']} "
-        f"{s['unit']}s, {source}.",
+        f"{s['unit']}s, {source}.{_given(vae)}",
         "",
         f"**The variational posterior {word} for this model:** {s['verdict']}",
         "",
@@ -483,7 +516,7 @@ def diagnose_run(run_dir, out, dataset: str | None = None, num_images: int = 100
         :data:`MIN_PSIS_DRAWS` PSIS draws, fewer than 2 chains), an ``out`` that is a file,
         not empty or not creatable, or a model these checks cannot address.
     RunDirError, CheckpointError, DataError
-        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.load_eval_data`.
+        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.eval_data`.
     """
 
     _check_counts(nuts_images, num_images, psis_draws, chains)
@@ -496,12 +529,14 @@ def diagnose_run(run_dir, out, dataset: str | None = None, num_images: int = 100
     device = resolve_device(device)
     vae, config = load_run(run_dir, device, model)
     check_diagnosable(vae)
-    x, _, source = load_eval_data(config, dataset, num_images)
+    held = eval_data(config, dataset, num_images)
+    y = None if vae.semi_supervised else held.conditions(config.model.condition)
     pyro.set_rng_seed(seed)
     with staged_folder(folder) as staging:
-        return diagnose(vae, x.to(device), staging, source=source, draws=draws,
+        return diagnose(vae, held.x.to(device), staging, source=held.source, draws=draws,
                         psis_draws=psis_draws, nuts_images=nuts_images, chains=chains,
-                        warmup=warmup, nuts_samples=nuts_samples, progress=progress)
+                        warmup=warmup, nuts_samples=nuts_samples, progress=progress,
+                        y=y.to(device) if y is not None else None)
 
 
 def _check_counts(nuts_images: int, num_images: int, psis_draws: int, chains: int) -> None:

@@ -27,7 +27,7 @@ from ..config import data_unit
 from ..errors import ConfigError, DataError
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
-from ..io.data import load_eval_data
+from ..io.data import eval_data
 from ..model import VAE
 
 #: Unit u is active when Cov_x(E_q[z_u|x]) exceeds this (Burda et al. 2016, §5.2).
@@ -43,16 +43,18 @@ def gaussian_proposal(vae: VAE, scale: float):
     Gaussian can, and any proposal keeps the estimate a lower bound on log p(x).
     """
 
-    def proposal(x: torch.Tensor, num: int | None = None) -> torch.Tensor:
+    def proposal(x: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None,
+                 num: int | None = None) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
-            code = vae.encode(x)[0]
+            code = vae.encode(x, y)[0]
             return pyro.sample("z", dist.Normal(code, scale).to_event(1))
 
     return proposal
 
 
 @torch.no_grad()
-def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal=None):
+def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal=None,
+                           y: torch.Tensor | None = None):
     """K importance samples per image from the guide (or ``proposal``), vectorised.
 
     Parameters
@@ -65,6 +67,10 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
         K.
     proposal : callable, optional
         A Pyro guide to sample z from instead of ``vae.guide``.
+    y : Tensor, optional
+        The conditions of a conditional model (labels (batch,) or covariates (batch, C)),
+        given to model and guide. For the semi-supervised model they are classes scored by
+        p(y) too: the weights are then of p(x, y, z)/q(z|x, y).
 
     Returns
     -------
@@ -73,14 +79,19 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
     """
     vae.eval()
     guide = proposal or vae.guide
+    args = (x,) if y is None else (x, None, y)
     with pyro.plate("samples", num_samples, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(*args)
     log_lik = model_trace.nodes["x"]["fn"].log_prob(model_trace.nodes["x"]["value"])
     z = guide_trace.nodes["z"]["value"]
     log_prior = model_trace.nodes["z"]["fn"].log_prob(z)
     log_q = guide_trace.nodes["z"]["fn"].log_prob(z)
-    return log_lik + log_prior - log_q, log_lik, z
+    log_w = log_lik + log_prior - log_q
+    if "y" in model_trace.nodes:  # the semi-supervised model's class, given: log p(y)
+        site = model_trace.nodes["y"]
+        log_w = log_w + site["fn"].log_prob(site["value"])
+    return log_w, log_lik, z
 
 
 def default_chunk(vae: VAE, batch: int, input_dim: int) -> int:
@@ -99,6 +110,7 @@ def evaluate(
     chunk_size: int | None = None,
     proposal_scale: float | None = None,
     progress: bool = True,
+    y: torch.Tensor | None = None,
 ) -> dict:
     """Held-out figures of a trained VAE on data ``x`` (N, D), in nats per image.
 
@@ -113,6 +125,10 @@ def evaluate(
     proposal_scale : float, optional
         For a point-mass guide, the scale of the Gaussian proposal around its code
         (:func:`gaussian_proposal`); required there, refused elsewhere.
+    y : Tensor, optional
+        The conditions of a conditional model (N labels or (N, C) covariates): the figures are
+        then of p(x|y). For the semi-supervised model, labels are optional and only scored
+        against its classifier (``accuracy``): its figures are of p(x), the class summed out.
 
     Returns
     -------
@@ -122,7 +138,14 @@ def evaluate(
         ``bits_per_dim`` (nll / (D ln 2), for discrete likelihoods, else None),
         ``reconstruction`` (−E_q log p(x|z)), ``kl`` (neg_elbo − reconstruction),
         ``active_units`` and ``kl_per_dim`` (a list, or None where q or p(z) do not factorise),
-        ``iwae_samples``, ``num_images``, and ``nll_per_image`` (a tensor of N values).
+        ``iwae_samples``, ``num_images``, ``nll_per_image`` (a tensor of N values), and for
+        the semi-supervised model ``accuracy`` (None without labels).
+
+        For the semi-supervised model each image is scored under each of the K classes, with
+        K importance samples of q(z|x, y): log p(x) ≈ log Σ_y p(y) (1/K) Σ_k p(x, z_k|y) /
+        q(z_k|x, y), a bound that sums y out exactly; the −ELBO is −U(x) of Kingma et al.
+        (2014, eq. 7), −Σ_y q(y|x) ELBO(x, y) − H(q(y|x)); E[z|x] (for active units) and the
+        KL per dimension are averages over q(y|x). It costs K times a model without y.
 
     Raises
     ------
@@ -138,30 +161,44 @@ def evaluate(
     proposal = gaussian_proposal(vae, proposal_scale) if delta else None
     chunk = chunk_size or default_chunk(vae, batch_size, x.shape[-1])
     kl_dims = _KLPerDim(vae)
-    log_px, sums, means = [], {"neg_elbo": 0.0, "reconstruction": 0.0}, []
+    parts = []
     batches = tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
                    disable=None if progress else True, leave=False)
     for start in batches:
         xb = x[start : start + batch_size]
-        log_p, mean = _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, sums, kl_dims)
-        log_px.append(log_p)
-        means.append(mean)
-    nll = -torch.cat(log_px)
-    n_img, n_draws = x.shape[0], x.shape[0] * iwae_samples
-    d = x.shape[-1]
-    return {
-        "neg_elbo": sums["neg_elbo"] / n_draws,
+        yb = y[start : start + batch_size] if y is not None else None
+        if vae.semi_supervised:
+            parts.append(_summed_over_classes(vae, xb, iwae_samples, chunk, proposal, kl_dims))
+        else:
+            parts.append(_evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims))
+    log_px, log_w, log_lik, means = (torch.cat(t) for t in zip(*parts))
+    nll = -log_px
+    n_img, d = x.shape[0], x.shape[-1]
+    result = {
+        "neg_elbo": -float(log_w.mean()),
         "nll": float(nll.mean()),
         "nll_stderr": float(nll.std() / math.sqrt(n_img)) if n_img > 1 else float("nan"),
         "bits_per_dim": float(nll.mean()) / (d * math.log(2)) if vae.likelihood.discrete else None,
-        "reconstruction": sums["reconstruction"] / n_draws,
-        "kl": (sums["neg_elbo"] - sums["reconstruction"]) / n_draws,
-        "active_units": active_units(torch.cat(means)),
+        "reconstruction": -float(log_lik.mean()),
+        "kl": float(log_lik.mean() - log_w.mean()),
+        "active_units": active_units(means),
         "kl_per_dim": kl_dims.result(),
         "iwae_samples": iwae_samples,
         "num_images": n_img,
         "nll_per_image": nll.cpu(),
     }
+    if vae.semi_supervised:
+        result["accuracy"] = classifier_accuracy(vae, x, y) if y is not None else None
+    return result
+
+
+@torch.no_grad()
+def classifier_accuracy(vae: VAE, x: torch.Tensor, labels: torch.Tensor,
+                        batch_size: int = 1000) -> float:
+    """The share of the images ``x`` (N, D) whose most probable class under q(y|x) is their
+    label (``labels`` (N,))."""
+    predicted = torch.cat([vae.classify(xb).argmax(-1) for xb in x.split(batch_size)])
+    return float((predicted == labels.to(predicted.device)).float().mean())
 
 
 def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) -> bool:
@@ -187,25 +224,45 @@ def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) ->
     return delta
 
 
-def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, sums, kl_dims):
-    """log p(x) (B,) of one batch by a running log-sum-exp over chunks of samples, and E_q[z|x]
-    (B, z_dim): the location for Gaussian and point-mass guides, a sample mean for flows.
-    Adds the batch's −log w and −log p(x|z) to ``sums``."""
+def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims, weight=None):
+    """Per image of one batch (B images, conditions ``yb``): log p̂(x) by a running
+    log-sum-exp over chunks of samples, the mean over samples of log w and of log p(x|z),
+    and E_q[z|x] (B, z_dim): the location for Gaussian and point-mass guides, a sample mean for
+    flows. Adds the batch's KL per dimension to ``kl_dims``, each image counted with
+    ``weight`` (B,) (default 1)."""
     running = torch.full((xb.shape[0],), -math.inf, device=xb.device)
+    sum_w = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
+    sum_lik = torch.zeros_like(sum_w)
     exact = vae.family.exact_mean
     sum_z = torch.zeros(xb.shape[0], vae.z_dim, device=xb.device)
     for k in range(0, iwae_samples, chunk):
         n = min(chunk, iwae_samples - k)
         with pyro.validation_enabled(False):
-            log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal)
+            log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal, yb)
         running = torch.logaddexp(running, log_w.logsumexp(0))
-        sums["neg_elbo"] -= float(log_w.sum())
-        sums["reconstruction"] -= float(log_lik.sum())
+        sum_w += log_w.sum(0)
+        sum_lik += log_lik.sum(0)
         if not exact:
             sum_z += z.sum(0)
-        kl_dims.add(xb, z)
-    mean = vae.encode(xb)[0] if exact else sum_z / iwae_samples
-    return running - math.log(iwae_samples), mean
+        kl_dims.add(xb, z, yb, weight)
+    mean = vae.encode(xb, yb)[0] if exact else sum_z / iwae_samples
+    return (running - math.log(iwae_samples), sum_w / iwae_samples, sum_lik / iwae_samples,
+            mean)
+
+
+def _summed_over_classes(vae, xb, iwae_samples, chunk, proposal, kl_dims):
+    """:func:`_evaluate_batch` of the semi-supervised model, its class summed out: each of the
+    K classes scored with its own samples of q(z|x, y), combined as :func:`evaluate` says."""
+    q_y = vae.classify(xb)  # (B, K)
+    per_class = []
+    for k in range(vae.num_classes):
+        yb = torch.full((xb.shape[0],), k, dtype=torch.int64, device=xb.device)
+        per_class.append(_evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims,
+                                         weight=q_y[:, k]))
+    log_px, log_w, log_lik, means = (torch.stack(t, -1) for t in zip(*per_class))
+    entropy = -(q_y * q_y.clamp_min(1e-30).log()).sum(-1)
+    return (log_px.logsumexp(-1), (q_y * log_w).sum(-1) + entropy, (q_y * log_lik).sum(-1),
+            (means * q_y[:, None, :]).sum(-1))
 
 
 def active_units(mean_codes: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -223,7 +280,9 @@ class _KLPerDim:
 
     Defined when q is a diagonal Gaussian and p(z) factorises over units (normal, laplace,
     studentt priors): in closed form where torch has it, else by Monte Carlo over the samples.
-    Each chunk of n samples for B images counts with weight n·B, so both agree in expectation.
+    Each chunk of n samples for B images counts with weight n·B, so both agree in expectation;
+    an image given a weight w (the semi-supervised model's q(y|x) of the class scored) counts
+    w times.
     """
 
     def __init__(self, vae: VAE):
@@ -233,8 +292,8 @@ class _KLPerDim:
         gaussian = vae.family.gaussian
         self.units = prior.base_dist if factorised and gaussian else None
         self.total = torch.zeros(vae.z_dim, device=next(vae.buffers()).device)
-        self.count = 0
-        self._batch, self._kl = None, None
+        self.count = 0.0
+        self._key, self._kl = None, None
         if self.units is not None:
             try:
                 kl_divergence(dist.Normal(0.0, 1.0), self.units)
@@ -242,20 +301,23 @@ class _KLPerDim:
             except NotImplementedError:
                 self.analytic = False
 
-    def add(self, x: torch.Tensor, z: torch.Tensor) -> None:
-        """One chunk: images ``x`` (B, D) and their samples ``z`` (n, B, z_dim)."""
+    def add(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None,
+            weight: torch.Tensor | None = None) -> None:
+        """One chunk: images ``x`` (B, D), their conditions ``y`` and samples ``z``
+        (n, B, z_dim), each image counted with ``weight`` (B,)."""
         if self.units is None:
             return
         n = z.shape[0]
+        weight = torch.ones(x.shape[0], device=z.device) if weight is None else weight
         if self.analytic:  # the same for every chunk of one batch: computed once per batch
-            if x is not self._batch:
-                self._batch = x
-                self._kl = kl_divergence(dist.Normal(*self.vae.encode(x)), self.units).sum(0)
-            self.total += self._kl * n
+            if self._key is None or self._key[0] is not x or self._key[1] is not y:
+                self._key = (x, y)
+                self._kl = kl_divergence(dist.Normal(*self.vae.encode(x, y)), self.units)
+            self.total += (self._kl * weight[:, None]).sum(0) * n
         else:
-            q = dist.Normal(*self.vae.encode(x))
-            self.total += (q.log_prob(z) - self.units.log_prob(z)).sum((0, 1))
-        self.count += n * x.shape[0]
+            q = dist.Normal(*self.vae.encode(x, y))
+            self.total += ((q.log_prob(z) - self.units.log_prob(z)) * weight[:, None]).sum((0, 1))
+        self.count += n * float(weight.sum())
 
     def result(self) -> list[float] | None:
         if self.units is None or self.count == 0:
@@ -282,13 +344,16 @@ def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
 
     device = resolve_device(device)
     vae, config = load_run(run_dir, device, model)
-    x, _, source = load_eval_data(config, dataset, limit)
+    held = eval_data(config, dataset, limit)
+    y = held.conditions(config.model.condition)
     pyro.set_rng_seed(seed)
     started = time.perf_counter()
-    result = evaluate(vae, x.to(device), iwae_samples=iwae_samples, batch_size=batch_size,
-                      proposal_scale=proposal_scale, progress=progress)
+    result = evaluate(vae, held.x.to(device), iwae_samples=iwae_samples, batch_size=batch_size,
+                      proposal_scale=proposal_scale, progress=progress,
+                      y=y.to(device) if y is not None else None)
     result.pop("nll_per_image")
-    result["dataset"] = source
+    result["dataset"] = held.source
+    result["condition"] = config.model.condition
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["z_dim"] = vae.z_dim
     result["unit"] = data_unit(config.model.data_shape)
@@ -300,12 +365,16 @@ def summary_lines(result: dict) -> list[str]:
     row for tables and other vectors: ``result["unit"]``)."""
     bits, kl = result["bits_per_dim"], result["kl_per_dim"]
     unit = result.get("unit", "image")
-    return [
+    of = {None: "", "label": " given the label"}.get(result.get("condition"),
+                                                     " given the covariates")
+    if "accuracy" in result:  # the semi-supervised model sums its class out
+        of = ", class summed out"
+    lines = [
         f"{unit + 's':<18}{result['num_images']} ({result['dataset']})",
         f"-ELBO             {result['neg_elbo']:.2f} nats/{unit} "
         f"(reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
         f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/{unit} "
-        f"(importance sampled, K = {result['iwae_samples']})",
+        f"(importance sampled, K = {result['iwae_samples']}{of})",
         f"bits/dim          {bits:.4f}" if bits is not None else
         "bits/dim          - (continuous likelihood: a density, not bits)",
         f"active units      {result['active_units']} of {result['z_dim']} "
@@ -313,6 +382,12 @@ def summary_lines(result: dict) -> list[str]:
         "KL per dim        " + (" ".join(f"{v:.2f}" for v in kl) if kl is not None else
                                 "- (needs a Gaussian guide and a factorised prior)"),
     ]
+    if "accuracy" in result:
+        accuracy = result["accuracy"]
+        lines.append("accuracy          " + (f"{accuracy:.4f} (classifier q(y|x), most probable "
+                                             "class)" if accuracy is not None else
+                                             "- (the data have no labels)"))
+    return lines
 
 
 def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "auto",
@@ -320,20 +395,33 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
     """Posterior locations and scales of q(z|x) for the images of ``dataset``, binarised as
     the run's test set was.
 
-    Returns ``({"loc": (N, z_dim), "scale": (N, z_dim)[, "labels": (N,)]}, source)`` as
-    NumPy arrays and a description of the data.
+    For a conditional model these are of q(z|x, y), y the data's labels or covariates: codes
+    with the condition's effect taken out, since the decoder receives y beside z. For the
+    semi-supervised model y is the classifier's most probable class, and ``probs`` (N, K)
+    holds q(y|x).
+
+    Returns ``({"loc": (N, z_dim), "scale": (N, z_dim)[, "labels": (N,)][, "probs": (N, K)]},
+    source)`` as NumPy arrays and a description of the data.
 
     Raises
     ------
     RunDirError, CheckpointError, DataError
-        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.load_eval_data`.
+        As :func:`pyro_vae.load` and :func:`pyro_vae.io.data.eval_data`.
     """
 
     device = resolve_device(device)
     vae, config = load_run(run_dir, device, model)
-    x, labels, source = load_eval_data(config, dataset, limit)
-    loc, scale = zip(*(vae.encode(xb.to(device)) for xb in x.split(1000)))
+    held = eval_data(config, dataset, limit)
+    y = None if vae.semi_supervised else held.conditions(config.model.condition)
+    x = held.x
+    rows = range(0, x.shape[0], 1000)
+    loc, scale = zip(*(vae.encode(x[i : i + 1000].to(device),
+                                  y[i : i + 1000].to(device) if y is not None else None)
+                       for i in rows))
     codes = {"loc": torch.cat(loc).cpu().numpy(), "scale": torch.cat(scale).cpu().numpy()}
-    if labels is not None:
-        codes["labels"] = labels.numpy()
-    return codes, source
+    if held.labels is not None:
+        codes["labels"] = held.labels.numpy()
+    if vae.semi_supervised:
+        codes["probs"] = torch.cat([vae.classify(x[i : i + 1000].to(device))
+                                    for i in rows]).cpu().numpy()
+    return codes, held.source

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,19 +72,28 @@ class Data:
     source : str
         Where the data came from, for messages.
     columns, classes : tuple of str, optional
-        A table's feature column names, in order, and the names of its label classes (label
+        A table's numeric column names, in order, and the names of its label classes (label
         k is ``classes[k]``) when the label column holds names.
+    train_covariates, test_covariates : Tensor or None
+        (N, C) and (M, C) float32 covariates of a model conditioned on table columns
+        (:func:`split_covariates`), taken out of the rows.
+
+    The training labels of a semi-supervised run hold −1 for the images whose label is hidden
+    (:func:`hide_labels`).
     """
 
     def __init__(self, train, test, data_shape: tuple[int, ...],
                  train_labels: torch.Tensor | None = None,
                  test_labels: torch.Tensor | None = None, source: str = "",
                  columns: tuple[str, ...] | None = None,
-                 classes: tuple[str, ...] | None = None):
+                 classes: tuple[str, ...] | None = None,
+                 train_covariates: torch.Tensor | None = None,
+                 test_covariates: torch.Tensor | None = None):
         self.train_rows, self.test_rows = train, test
         self.data_shape = tuple(data_shape)
         self.train_labels, self.test_labels, self.source = train_labels, test_labels, source
         self.columns, self.classes = columns, classes
+        self.train_covariates, self.test_covariates = train_covariates, test_covariates
 
     @property
     def train(self) -> torch.Tensor:
@@ -105,8 +115,20 @@ class Data:
         """A copy with the given attributes (``train``, ``test``, ``train_labels`` …) changed."""
         fields = {"train": self.train_rows, "test": self.test_rows, "data_shape": self.data_shape,
                   "train_labels": self.train_labels, "test_labels": self.test_labels,
-                  "source": self.source, "columns": self.columns, "classes": self.classes}
+                  "source": self.source, "columns": self.columns, "classes": self.classes,
+                  "train_covariates": self.train_covariates,
+                  "test_covariates": self.test_covariates}
         return Data(**{**fields, **changes})
+
+    def conditions(self, condition: str | None, test: bool = False) -> torch.Tensor | None:
+        """What a model conditioned on ``condition`` (``"label"``, table columns, or None)
+        reads beside the training (or ``test``) rows: labels (N,) int64, covariates (N, C), or
+        None."""
+        if condition is None:
+            return None
+        if condition == "label":
+            return self.test_labels if test else self.train_labels
+        return self.test_covariates if test else self.train_covariates
 
     def __repr__(self) -> str:
         return (f"Data({self.train_rows.shape[0]} training and {self.test_rows.shape[0]} test "
@@ -235,23 +257,122 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
 
 
 def prepare_data(data: Data, config: Config) -> Data:
-    """Apply ``config.limit`` to ``data`` and check it with :func:`check_data`.
+    """Take a table's covariate columns out of the features (``--condition NAMES``,
+    :func:`split_covariates`), apply ``config.limit`` to ``data`` and check it with
+    :func:`check_data` and :func:`check_labels`.
 
     Returns a new :class:`Data`; ``data`` itself is left as it was.
 
     Raises
     ------
     DataError
-        As :func:`check_data`.
+        As :func:`split_covariates`, :func:`check_data` and :func:`check_labels`.
     """
+    if config.model.covariates is not None:
+        data = split_covariates(data, config.model.covariates)
     if config.limit is not None:
-        labels = data.train_labels
-        data = data.replace(
-            train=data.train_rows[: config.limit],
-            train_labels=labels[: config.limit] if labels is not None else None,
-        )
+        def first(t):
+            return t[: config.limit] if t is not None else None
+        data = data.replace(train=data.train_rows[: config.limit],
+                            train_labels=first(data.train_labels),
+                            train_covariates=first(data.train_covariates))
     check_data(data, config)
+    check_labels(data, config)
     return data
+
+
+def split_covariates(data: Data, names: tuple[str, ...]) -> Data:
+    """The table columns ``names`` taken out of the rows of ``data`` as covariates
+    (:attr:`Data.train_covariates`, (N, C) float32), the other columns left as the features.
+
+    Raises
+    ------
+    DataError
+        For data that are not a table, a name that is not one of its numeric columns, or no
+        feature column left.
+    """
+    if data.columns is None:
+        raise DataError(f"--condition {','.join(names)} names table columns, but "
+                        f"{data.source or 'the data'} is not a table; use --condition label")
+    missing = [n for n in names if n not in data.columns]
+    if missing:
+        raise DataError(f"{data.source} has no numeric column {missing[0]!r} to condition on; "
+                        f"its numeric columns are {', '.join(data.columns[:20])}")
+    taken = [data.columns.index(n) for n in names]
+    kept = [i for i in range(len(data.columns)) if i not in taken]
+    if not kept:
+        raise DataError(f"--condition takes every column of {data.source} out of the "
+                        "features; leave some columns to model")
+    return data.replace(
+        train=data.train_rows[:, kept], test=data.test_rows[:, kept], data_shape=(len(kept),),
+        train_covariates=data.train_rows[:, taken], test_covariates=data.test_rows[:, taken])
+
+
+def num_classes(data: Data) -> int:
+    """K, the number of classes of ``data``'s labels: the class names' count where the labels
+    number names (a table's label column), else the largest training label plus one."""
+    if data.classes is not None:
+        return len(data.classes)
+    return int(data.train_labels.max()) + 1 if data.train_labels.numel() else 0
+
+
+def check_labels(data: Data, config: Config) -> None:
+    """Raise :class:`DataError` if a model conditioned on the class label cannot read the
+    labels of ``data``: none for the training images, a negative label, fewer than two
+    classes, or test labels outside the training classes 0 … K−1."""
+    if config.model.condition != "label":
+        return
+    model = "--labelled" if config.model.semi_supervised else "--condition label"
+    if data.train_labels is None:
+        raise DataError(
+            f"{model} needs class labels, and {data.source or 'the data'} has none; give "
+            "y_train in a .npz, one subfolder per class, --label-column for a table, or a "
+            "named dataset")
+    k = config.model.num_classes or num_classes(data)
+    for labels, split in ((data.train_labels, "training"), (data.test_labels, "test")):
+        if labels is None or not labels.numel():
+            continue
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= k:
+            raise DataError(f"the {split} labels of {data.source} run from {low} to {high}, "
+                            f"outside the classes 0 to {k - 1}; number the classes 0 … K−1")
+    if k < 2:
+        raise DataError(f"{model} needs at least two classes; {data.source} has {k}")
+
+
+def hide_labels(data: Data, keep: int | None, seed: int, classes: int) -> Data:
+    """The training labels of ``data`` with all but ``keep`` of them hidden (set to −1): as
+    many of each of the ``classes`` classes (the first ``keep`` mod K classes one more), drawn
+    with a generator seeded by ``seed``; ``keep`` None keeps them all.
+
+    Raises
+    ------
+    DataError
+        If ``keep`` is below the number of classes or above the labels available, or a class
+        has fewer images than its share.
+    """
+    labels = data.train_labels
+    if keep is None:
+        return data
+    if keep < classes:
+        raise DataError(f"--labelled {keep} is fewer than the {classes} classes; keep at least "
+                        "one label of each class")
+    if keep > labels.shape[0]:
+        raise DataError(f"--labelled {keep} is more than the {labels.shape[0]} training labels; "
+                        "give at most that, or --labelled all")
+    generator = torch.Generator().manual_seed(seed)
+    kept = []
+    for k in range(classes):
+        share = keep // classes + (k < keep % classes)
+        members = torch.nonzero(labels == k).flatten()
+        if members.shape[0] < share:
+            raise DataError(f"--labelled {keep} takes {share} labels of class {k}, which has "
+                            f"only {members.shape[0]} training images; give fewer labels")
+        kept.append(members[torch.randperm(members.shape[0], generator=generator)[:share]])
+    hidden = torch.full_like(labels, -1)
+    index = torch.cat(kept)
+    hidden[index] = labels[index]
+    return data.replace(train_labels=hidden)
 
 
 def check_data(data: Data, config: Config) -> None:
@@ -281,18 +402,36 @@ def check_values(x, what: str, config: Config) -> None:
         likelihood.check_support(chunk, what, config.binarization)
 
 
-def load_eval_data(
-    config: Config, dataset: str | None = None, limit: int | None = None, binarized: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Held-out data to evaluate or encode with the model that ``config`` describes.
+class EvalData(NamedTuple):
+    """Held-out data for a trained model: ``x`` (N, D) float32 as the model scores them,
+    ``labels`` (N,) or None, ``covariates`` (N, C) for a model conditioned on table columns
+    (else None), and ``source``, a description."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    covariates: torch.Tensor | None
+    source: str
+
+    def conditions(self, condition: str | None) -> torch.Tensor | None:
+        """What a model conditioned on ``condition`` reads beside ``x``, as
+        :meth:`Data.conditions`."""
+        if condition is None:
+            return None
+        return self.labels if condition == "label" else self.covariates
+
+
+def eval_data(config: Config, dataset: str | None = None, limit: int | None = None,
+              binarized: bool = True) -> EvalData:
+    """Held-out data to evaluate, encode or draw with the model that ``config`` describes.
 
     Parameters
     ----------
     config : Config
         The run's configuration (``data_shape`` set).
     dataset : str, optional
-        A named dataset (its test split) or a file (a .npy array, or a .npz's ``x_test``, else
-        its ``x_train``). By default the run's own test set, split as in training.
+        A named dataset (its test split) or a file (a .npy array, a table, or a .npz's
+        ``x_test``, else its ``x_train``). By default the run's own test set, split as in
+        training.
     limit : int, optional
         Keep the first ``limit`` images.
     binarized : bool
@@ -300,40 +439,61 @@ def load_eval_data(
 
     Returns
     -------
-    x, labels, source : Tensor, Tensor or None, str
+    EvalData
         (N, D) data, binarised once with :data:`TEST_BINARIZE_SEED` where the run binarised,
-        exactly as the test set was during training; their labels; a description.
+        exactly as the test set was during training; their labels and covariates; a
+        description.
 
     Raises
     ------
     DataError
-        As :func:`load_data`, and if the data's shape differs from the run's.
+        As :func:`load_data`, if the data's shape differs from the run's, and for a
+        conditional model, if they lack its labels or covariates.
     """
     counts = _counts(config)
     if dataset is None:
         data = read_data(config.data, counts)
-        x, labels = data.test_rows, data.test_labels
         source = f"the test set of {config.data.dataset}"
-        shape = data.data_shape
     elif dataset in NAMED_DATASETS:
         data = _load_named(dataset, config.data.data_dir, counts)
-        x, labels, source = data.test_rows, data.test_labels, f"the test split of {dataset}"
-        shape = data.data_shape
+        source = f"the test split of {dataset}"
     else:
         x, labels, shape = _read_test_file(dataset, config.data, counts)
+        columns = config.data.columns if x.ndim == 2 and len(shape) == 1 else None
+        data = Data(x[:0], x, shape, None, labels, source=dataset, columns=columns)
         source = dataset
-    if shape != config.model.data_shape:
+    if config.model.covariates is not None:
+        data = split_covariates(data, config.model.covariates)
+    x, labels, covariates = data.test_rows, data.test_labels, data.test_covariates
+    if data.data_shape != config.model.data_shape:
         raise DataError(
-            f"{source} holds data of shape {shape} but the model was trained on "
+            f"{source} holds data of shape {data.data_shape} but the model was trained on "
             f"{config.model.data_shape}; give data like the training data"
         )
+    if config.model.condition == "label":
+        if labels is None and not config.model.semi_supervised:
+            raise DataError(f"the model is conditioned on the class label, and {source} has no "
+                            "labels; give data with labels (y_test in a .npz, class "
+                            "subfolders, the label column of a table)")
+        if labels is not None:
+            check_labels(data.replace(train_labels=labels[:0]), config)
     if limit is not None:
-        x, labels = x[:limit], labels[:limit] if labels is not None else None
+        def first(t):
+            return t[:limit] if t is not None else None
+        x, labels, covariates = x[:limit], first(labels), first(covariates)
     check_values(x, source, config)
     x = as_float(x)
     if binarized and config.binarizes:
         x = binarize_fixed(x)
-    return x, labels, source
+    return EvalData(x, labels, covariates, source)
+
+
+def load_eval_data(
+    config: Config, dataset: str | None = None, limit: int | None = None, binarized: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(x, labels, source) of :func:`eval_data`."""
+    held = eval_data(config, dataset, limit, binarized)
+    return held.x, held.labels, held.source
 
 
 def class_names(dataset: str, classes: tuple[str, ...] | None = None) -> list[str] | None:

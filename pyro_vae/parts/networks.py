@@ -12,6 +12,11 @@ Three architectures, chosen with ``--arch``:
 A network part builds the *encoder*, x (batch, D) → features (batch, F), which the variational
 family turns into q(z|x) (``families.py``), and the *decoder*, z (..., z_dim) → likelihood
 parameters (..., D, k). Register another with :func:`~pyro_vae.registry.register_network`.
+
+Conditional models (:mod:`.conditions`) feed a condition vector c (…, C) to both: the decoder
+reads cat[z, c] (built with input z_dim + C), the encoder (x, c) (:meth:`Network.
+conditional_encoder`), and the semi-supervised model adds a classifier x ↦ logits of q(y|x)
+(:meth:`Network.classifier`), the encoder's architecture with its own weights.
 """
 
 from __future__ import annotations
@@ -68,8 +73,42 @@ class Decoder(nn.Module):
         return out.reshape(*lead, self.input_dim, self.params_per_dim)
 
 
+class ConditionedEncoder(nn.Module):
+    """The encoder of q(z | x, c): ``front`` (x ↦ the input of the first dense layer), the
+    first dense layer ``first``, which reads c too, and ``rest``.
+
+    h = rest(W f(x) + V c + b), the dense layer of cat[f(x), c] written as two terms, so that
+    when c is enumerated over K classes (the semi-supervised model's guide) f(x) and W f(x) are
+    computed once for all K, not K times. ``x`` (batch, D) and ``c`` (…, C) broadcast:
+    (K, 1, C) gives features (K, batch, F).
+    """
+
+    def __init__(self, front: nn.Module, first: nn.Linear, rest: nn.Module, condition_dim: int):
+        super().__init__()
+        self.front, self.first, self.rest = front, first, rest
+        self.condition = nn.Linear(condition_dim, first.out_features, bias=False)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.first(self.front(x)) + self.condition(c))
+
+
+class ConcatenatedEncoder(nn.Module):
+    """The encoder of q(z | x, c) for a network without a dense layer to read c: the features
+    of x and c side by side, cat[f(x), c], broadcast over leading dimensions."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        lead = torch.broadcast_shapes(h.shape[:-1], c.shape[:-1])
+        return torch.cat([h.expand(*lead, h.shape[-1]), c.expand(*lead, c.shape[-1])], -1)
+
+
 class Network(Part):
-    """Base class: builds an encoder and a decoder for data of one shape."""
+    """Base class: builds an encoder and a decoder for data of one shape (and, for
+    conditional models, an encoder that reads the condition and a classifier)."""
 
     def check_data_shape(self, data_shape: tuple[int, ...]) -> str | None:
         """Why data of this shape do not fit the network, or None."""
@@ -82,6 +121,24 @@ class Network(Part):
     def decoder(self, z_dim: int, data_shape: tuple[int, ...], params_per_dim: int) -> Decoder:
         """The decoder z (..., z_dim) → likelihood parameters (..., D, k)."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def conditional_encoder(self, data_shape: tuple[int, ...], condition_dim: int
+                            ) -> tuple[nn.Module, int]:
+        """The encoder (x (batch, D), c (…, C)) → features (…, batch, F) of q(z|x, c), and F.
+
+        By default the encoder's features and c side by side (:class:`ConcatenatedEncoder`,
+        F + C features); networks with dense layers feed c to the first of them
+        (:class:`ConditionedEncoder`).
+        """
+        encoder, features = self.encoder(data_shape)
+        return ConcatenatedEncoder(encoder), features + condition_dim
+
+    def classifier(self, data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """x (batch, D) → the K = ``num_classes`` logits of q(y|x): the encoder's architecture
+        (its own weights) and a dense layer to K outputs, as Kingma et al. (2014, §3.1.2)
+        use the encoder's network for the classifier."""
+        encoder, features = self.encoder(data_shape)
+        return nn.Sequential(encoder, nn.Linear(features, num_classes))
 
 
 class _HiddenLayers(Network):
@@ -110,6 +167,12 @@ class MLP(_HiddenLayers):
         d = math.prod(data_shape)
         net = mlp((z_dim, *reversed(self.hidden), d * params_per_dim), self.activation)
         return Decoder(net, d, params_per_dim)
+
+    def conditional_encoder(self, data_shape, condition_dim):
+        act = _ACTIVATIONS[self.activation]
+        rest = nn.Sequential(act(), *mlp(self.hidden, self.activation, final_activation=True))
+        first = nn.Linear(math.prod(data_shape), self.hidden[0])
+        return ConditionedEncoder(nn.Identity(), first, rest, condition_dim), self.hidden[-1]
 
 
 class _Crop(nn.Module):
@@ -156,7 +219,8 @@ class Conv(_HiddenLayers):
         widths = [min(_CHANNELS[0] * 2**i, 256) for i in range(stages)]
         return channels, height, width, 2**stages, widths
 
-    def encoder(self, data_shape):
+    def _convolutions(self, data_shape) -> tuple[list[nn.Module], int]:
+        """The encoder's layers up to its dense layer, and the size of their output."""
         channels, height, width, multiple, widths = self.geometry(data_shape)
         padded_h, padded_w = (math.ceil(s / multiple) * multiple for s in (height, width))
         act = _ACTIVATIONS[self.activation]
@@ -165,9 +229,18 @@ class Conv(_HiddenLayers):
             layers.append(nn.ZeroPad2d((0, padded_w - width, 0, padded_h - height)))
         for n_in, n_out in zip([channels, *widths[:-1]], widths):
             layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), act()]
-        small = widths[-1] * (padded_h // multiple) * (padded_w // multiple)
-        layers += [nn.Flatten(), nn.Linear(small, self.hidden[-1]), act()]
-        return nn.Sequential(*layers), self.hidden[-1]
+        return [*layers, nn.Flatten()], widths[-1] * (padded_h // multiple) * (padded_w // multiple)
+
+    def encoder(self, data_shape):
+        layers, small = self._convolutions(data_shape)
+        act = _ACTIVATIONS[self.activation]
+        return nn.Sequential(*layers, nn.Linear(small, self.hidden[-1]), act()), self.hidden[-1]
+
+    def conditional_encoder(self, data_shape, condition_dim):
+        layers, small = self._convolutions(data_shape)
+        act = _ACTIVATIONS[self.activation]
+        return ConditionedEncoder(nn.Sequential(*layers), nn.Linear(small, self.hidden[-1]),
+                                  act(), condition_dim), self.hidden[-1]
 
     def decoder(self, z_dim, data_shape, params_per_dim):
         channels, height, width, multiple, widths = self.geometry(data_shape)

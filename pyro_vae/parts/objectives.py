@@ -9,6 +9,11 @@
 
 Particles are vectorised: the model and guide run once on a leading particle dimension.
 
+Models with a discrete latent site (the class y of the semi-supervised model) are trained with
+the objective's enumerated form, where it has one: ``trace`` becomes ``TraceEnum_ELBO``, which
+sums the site out exactly over its values in parallel instead of sampling it (Kingma et al.
+2014, eq. 7; the guide marks the site ``infer={"enumerate": "parallel"}``).
+
 Compiled objective: ``build_elbo(config, jit=True)`` gives Pyro's ``JitTrace_ELBO``, which
 traces the model, the guide and the loss once with ``torch.jit.trace`` and then replays the
 recorded graph, without Pyro's per-step Python work. The loss is still Pyro's ELBO of the same
@@ -23,7 +28,8 @@ import sys
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
-from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, RenyiELBO, Trace_ELBO,
+                        TraceEnum_ELBO, TraceMeanField_ELBO)
 from pyro.poutine.util import prune_subsample_sites
 
 from ..errors import ConfigError
@@ -36,7 +42,8 @@ class Objective(Part):
     Capabilities: ``has_kl_term`` (β and KL warm-up reweight a KL term), ``needs_density``
     (the guide must have a density), ``min_particles``, ``analytic_kl`` (KL terms in closed
     form where torch has them), ``data_parallel`` (a differentiable loss that
-    DistributedDataParallel can average), and :meth:`compiled`.
+    DistributedDataParallel can average), ``enumerates`` (:meth:`enumerated` gives a form that
+    sums discrete sites out), and :meth:`compiled`.
     """
 
     has_kl_term: bool = True
@@ -44,6 +51,7 @@ class Objective(Part):
     min_particles: tuple[int, str] = (1, "")
     analytic_kl: bool = False
     data_parallel: bool = True
+    enumerates: bool = False
 
     def estimator(self, **kwargs) -> ELBO:  # pragma: no cover - abstract
         """The Pyro ELBO, with Pyro's keyword arguments (``num_particles`` …)."""
@@ -51,6 +59,14 @@ class Objective(Part):
 
     def compiled(self, **kwargs) -> ELBO | None:
         """Its compiled form (traced once per batch size), or None when Pyro has none."""
+        return None
+
+    def enumerated(self, **kwargs) -> ELBO | None:
+        """Its form for models with enumerated discrete sites, or None when Pyro has none."""
+        return None
+
+    def compiled_enumerated(self, **kwargs) -> ELBO | None:
+        """The compiled form of :meth:`enumerated`, or None."""
         return None
 
 
@@ -61,8 +77,16 @@ class TraceObjective(Objective):
     def estimator(self, **kwargs) -> ELBO:
         return Trace_ELBO(**kwargs)
 
+    enumerates = True
+
     def compiled(self, **kwargs) -> ELBO:
         return JitTrace_ELBO(ignore_jit_warnings=True, **kwargs)
+
+    def enumerated(self, **kwargs) -> ELBO:
+        return TraceEnum_ELBO(**kwargs)
+
+    def compiled_enumerated(self, **kwargs) -> ELBO:
+        return JitTraceEnum_ELBO(ignore_jit_warnings=True, **kwargs)
 
 
 @register_objective("meanfield")
@@ -100,7 +124,9 @@ def jit_unsupported(config) -> str | None:
     """
     if sys.version_info >= (3, 14):
         return "TorchScript, which Pyro's compiled objectives use, does not support Python 3.14+"
-    if OBJECTIVES[config.train.elbo]().compiled() is None:
+    objective = OBJECTIVES[config.train.elbo]()
+    form = objective.compiled_enumerated() if config.model.semi_supervised else objective.compiled()
+    if form is None:
         return f"only --elbo trace is compiled, not --elbo {config.train.elbo}"
     if config.train.contractive:
         return "the --contractive penalty's Jacobian (torch.func) cannot be traced"
@@ -108,7 +134,8 @@ def jit_unsupported(config) -> str | None:
 
 
 def build_elbo(config, jit: bool = False) -> ELBO:
-    """The Pyro ELBO that ``config.train.elbo`` and ``config.train.particles`` name.
+    """The Pyro ELBO that ``config.train.elbo`` and ``config.train.particles`` name, in its
+    enumerated form for the semi-supervised model (``config.model.semi_supervised``).
 
     With ``jit=True``, its compiled form. Call that one with the batch size as a keyword
     (``num=x.shape[0]``): Pyro compiles once per distinct set of keywords, and a trace holds
@@ -126,12 +153,13 @@ def build_elbo(config, jit: bool = False) -> ELBO:
         max_plate_nesting=1,  # the model's one plate over the batch
     )
     objective = OBJECTIVES[config.train.elbo]()
+    enumerated = config.model.semi_supervised
     if jit:
         reason = jit_unsupported(config)
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
-        return objective.compiled(**kwargs)
-    return objective.estimator(**kwargs)
+        return (objective.compiled_enumerated if enumerated else objective.compiled)(**kwargs)
+    return (objective.enumerated if enumerated else objective.estimator)(**kwargs)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from .. import plots
@@ -28,8 +28,8 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..io import checkpoint
 from ..io.data import (
-    TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, load_data,
-    prepare_data, sample_rows)
+    TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, hide_labels,
+    load_data, num_classes, prepare_data, sample_rows)
 from ..io.stream import MappedRows
 from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
@@ -40,7 +40,8 @@ from .signals import StopRequest, stop_on_signals
 from .step import DistributedStep, TrainingStep, regularisers
 
 #: Columns of ``metrics.csv``; losses in nats per image, times in seconds. Discrete likelihoods
-#: with a stochastic guide add ``test_bits_per_dim``.
+#: with a stochastic guide add ``test_bits_per_dim``, the semi-supervised model with test
+#: labels ``test_accuracy`` (of its classifier q(y|x)).
 METRIC_COLUMNS = ("epoch", "train_seconds", "train_neg_elbo", "test_neg_elbo")
 #: Images drawn in ``samples.png`` and test images shown in ``reconstructions.png``.
 NUM_SAMPLES, NUM_RECONSTRUCTIONS = 64, 32
@@ -54,26 +55,49 @@ class FitResult(NamedTuple):
 
 
 @torch.no_grad()
-def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None) -> float:
+def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
+             y: torch.Tensor | None = None) -> float:
     """Single-sample estimate of −ELBO(x) by ``Trace_ELBO``, averaged over x (nats per image).
 
     ``x`` is (N, D) on the model's device, already binarised where the likelihood needs it:
     float32 values, or rows as :class:`~pyro_vae.io.data.Data` stores them (uint8 grey levels,
-    bool), converted batch by batch. The model and guide are called without schedule
+    bool), converted batch by batch. ``y`` holds the conditions of a conditional model (N
+    labels or (N, C) covariates): the −ELBO of log p(x|y). The semi-supervised model is scored
+    without labels, its class summed out by ``TraceEnum_ELBO``: −U(x) of Kingma et al. (2014,
+    eq. 7), a bound on −log p(x). The model and guide are called without schedule
     arguments: the plain ELBO, without β, corruption or contractive penalty. By default
-    ``batch_size`` is 1000 rows, fewer for wide data (at most 2^22 values per batch), which
-    bounds the memory the model's intermediate values take.
+    ``batch_size`` is 1000 rows, fewer for wide data (at most 2^22 values per batch; for the
+    semi-supervised model K times fewer), which bounds the memory the model's intermediate
+    values take.
     """
+    enumerated = vae.semi_supervised
     if batch_size is None:
         batch_size = min(1000, max(1, (1 << 22) // max(1, x.shape[-1])))
-    elbo, total, was_training = Trace_ELBO(), 0.0, vae.training
+        if enumerated:
+            batch_size = max(1, batch_size // vae.num_classes)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1) if enumerated else Trace_ELBO()
+    total, was_training = 0.0, vae.training
     device = next(vae.parameters()).device  # rows streamed from a file are read on the CPU
     vae.eval()
     for start in range(0, x.shape[0], batch_size):
         batch = as_float(x[start : start + batch_size]).to(device)
-        total += elbo.loss(vae.model, vae.guide, batch)
+        given = () if y is None or enumerated else (None, y[start : start + batch_size])
+        total += elbo.loss(vae.model, vae.guide, batch, *given)
     vae.train(was_training)
     return total / x.shape[0]
+
+
+@torch.no_grad()
+def accuracy(vae: VAE, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """The share of rows of ``x`` (N, D; stored rows as for :func:`neg_elbo`) whose most
+    probable class under the classifier q(y|x) is their label (``labels`` (N,))."""
+    device = next(vae.parameters()).device
+    right = 0
+    for start in range(0, x.shape[0], batch_size):
+        batch = as_float(x[start : start + batch_size]).to(device)
+        predicted = vae.classify(batch).argmax(-1)
+        right += int((predicted == labels[start : start + batch_size].to(device)).sum())
+    return right / max(1, x.shape[0])
 
 
 def kl_weight(config: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -177,6 +201,11 @@ class TrainingPlan:
         self.progress, self.cluster, self.stop = progress, cluster, stop or StopRequest()
         self.device, self.unit = device, data_unit(data.data_shape)
         self.train_x, self.test_x = self._place(data)
+        condition = config.model.condition
+        self.train_y, self.test_y = (
+            None if y is None else y.to(device)
+            for y in (data.conditions(condition), data.conditions(condition, test=True)))
+        self.streams = self._streams()
         train = config.train
         self.optim = JointOptim(torch.optim.Adam, vae, {"lr": train.lr}, clip_norm=train.clip_norm)
         extra = regularisers(config)
@@ -205,10 +234,21 @@ class TrainingPlan:
             train_x = binarize_rows(train_x.cpu(), generator).to(self.device)
         return train_x, test_x
 
+    def _streams(self) -> list[tuple[torch.Tensor | None, bool]]:
+        """The training rows an epoch steps through, as one or two streams of (rows, labelled):
+        every row (rows None), or for the semi-supervised model the unlabelled rows and the
+        labelled ones, a batch of each per step (:meth:`_orders`)."""
+        if not self.vae.semi_supervised:
+            return [(None, self.train_y is not None)]
+        known = self.train_y >= 0
+        streams = [(torch.nonzero(~known).flatten(), False), (torch.nonzero(known).flatten(), True)]
+        return [(rows, labelled) for rows, labelled in streams if rows.numel()]
+
     def _warn_sampled_kl(self) -> None:
         probe = as_float(self.train_x[: self.config.train.batch_size]).to(self.device)
         probe = binarize_fixed(probe) if self.config.binarization == "dynamic" else probe
-        for site in sampled_kl_sites(self.vae.model, self.vae.guide, probe):
+        given = () if self.train_y is None else (None, self.train_y[: probe.shape[0]])
+        for site in sampled_kl_sites(self.vae.model, self.vae.guide, probe, *given):
             message = f"meanfield: no closed-form KL for {site}; it is estimated by sampling"
             if self.progress:
                 tqdm.write(message)
@@ -285,19 +325,29 @@ class TrainingPlan:
         self.vae.eval()
         row = {"epoch": epoch, "train_seconds": round(seconds, 3),
                "train_neg_elbo": round(train_loss, 4),
-               "test_neg_elbo": round(self._test_neg_elbo(), 4)}
+               "test_neg_elbo": round(self._test_split(neg_elbo), 4)}
         if self.bits:
             row["test_bits_per_dim"] = round(
                 row["test_neg_elbo"] / (self.test_x.shape[-1] * math.log(2)), 5)
+        if self.vae.semi_supervised and self.test_y is not None:
+            row["test_accuracy"] = round(self._test_split(accuracy), 5)
         return row
 
-    def _test_neg_elbo(self) -> float:
-        """:func:`neg_elbo` of the test set; under torchrun each rank scores every world-th
-        image and the sums are added up, so the evaluation is split rather than repeated."""
+    def _test_split(self, score) -> float:
+        """``score`` (:func:`neg_elbo` or :func:`accuracy`) of the test set, a mean over its
+        rows; under torchrun each rank scores every world-th image and the sums are added up,
+        so the evaluation is split rather than repeated."""
+        def scored(x, y):
+            if score is accuracy:
+                return accuracy(self.vae, x, y)
+            return neg_elbo(self.vae, x, y=y)
+
         if self.cluster is None:
-            return neg_elbo(self.vae, self.test_x)
-        part = self.test_x[self.cluster.rank :: self.cluster.world]
-        total = neg_elbo(self.vae, part) * part.shape[0] if part.shape[0] else 0.0
+            return scored(self.test_x, self.test_y)
+        rank, world = self.cluster.rank, self.cluster.world
+        part = self.test_x[rank::world]
+        y = self.test_y[rank::world] if self.test_y is not None else None
+        total = scored(part, y) * part.shape[0] if part.shape[0] else 0.0
         return distributed.all_sum(total, self.device) / self.test_x.shape[0]
 
     def _order(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, int]:
@@ -316,15 +366,54 @@ class TrainingPlan:
         return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
                                                            self.cluster)
 
+    def _orders(self, x, epoch: int) -> tuple[list[tuple[torch.Tensor, int, bool]], int]:
+        """Each stream's rows for the epoch in the order its steps take them (this rank's
+        shard), its batch size per rank and whether its batches are labelled; and the number
+        of steps.
+
+        One stream (every row) is one permutation (:meth:`_order`). The semi-supervised
+        model's two streams take a batch each per step: the longer stream is one permutation
+        of its rows, the shorter is cycled through alongside it, a fresh permutation each
+        pass, as implementations of Kingma et al. (2014) pair labelled and unlabelled
+        minibatches; its batch is the whole stream when that is smaller than --batch-size."""
+        if self.streams[0][0] is None:
+            order, batch_size = self._order(x, epoch)
+            return [(order, batch_size, self.streams[0][1])], math.ceil(order.shape[0] /
+                                                                         batch_size)
+        world = self.cluster.world if self.cluster is not None else 1
+        generator = None
+        if self.cluster is not None:  # the same orders on every rank
+            generator = torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch)
+        batch = self.config.train.batch_size
+        sizes = [min(batch, rows.numel() - rows.numel() % world) for rows, _ in self.streams]
+        if min(sizes) < world:
+            raise ConfigError(f"fewer labelled or unlabelled images than the {world} processes; "
+                              "train in fewer processes")
+        steps = max(math.ceil(rows.numel() / size) for (rows, _), size in zip(self.streams, sizes))
+        orders = []
+        for (rows, labelled), size in zip(self.streams, sizes):
+            longest = math.ceil(rows.numel() / size) == steps
+            passes = 1 if longest else math.ceil(steps * size / rows.numel())
+            order = torch.cat([rows[torch.randperm(rows.numel(), generator=generator).to(
+                rows.device)] for _ in range(passes)])
+            if not longest:
+                order = order[: steps * size]
+            if self.cluster is not None:
+                order = distributed.shard(order, self.cluster)
+            orders.append((order, size // world, labelled))
+        return orders, steps
+
     def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
         """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
-        order, batch_size = self._order(x, epoch.number)
-        n, steps = order.shape[0], math.ceil(order.shape[0] / batch_size)
+        orders, steps = self._orders(x, epoch.number)
+        n = sum(order.shape[0] for order, _, _ in orders)
+        done = min(n, sum(epoch.step * size for _, size, _ in orders))
         self.vae.train()
         if self.partial is not None:  # the permutation is drawn again above; now the later RNG
             checkpoint.restore_rng(self.partial["rng"])
             epoch.step, epoch.total = self.partial["step"], self.partial["total"]
-            epoch.seen = self.partial.get("seen", min(n, epoch.step * batch_size))
+            done = min(n, sum(epoch.step * size for _, size, _ in orders))
+            epoch.seen = self.partial.get("seen", done)
             epoch.started = time.perf_counter() - self.partial["seconds"]
             self.partial = None
         else:
@@ -332,13 +421,18 @@ class TrainingPlan:
         with tqdm(total=n, desc=f"epoch {epoch.number}/{self.config.train.epochs}", unit="img",
                   # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
                   disable=None if self.progress else True, leave=False, dynamic_ncols=True,
-                  initial=min(n, epoch.step * batch_size)) as bar:
+                  initial=done) as bar:
             for step in range(epoch.step, steps):
-                batch = self._batch(x, order[step * batch_size : (step + 1) * batch_size])
-                loss = self._take_step(batch, epoch, step, steps)
-                bar.update(batch.shape[0])
-                if step % 20 == 0 and loss is not None:
-                    bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
+                for order, size, labelled in orders:
+                    positions = order[step * size : (step + 1) * size]
+                    if not positions.numel():
+                        continue
+                    batch = self._batch(x, positions)
+                    y = self.train_y[positions] if labelled else None
+                    loss = self._take_step(batch, y, epoch, step, steps)
+                    bar.update(batch.shape[0])
+                    if step % 20 == 0 and loss is not None:
+                        bar.set_postfix_str(f"-ELBO {loss / batch.shape[0]:.1f}", refresh=False)
                 epoch.step = step + 1
                 if step + 1 < steps:
                     self._between_steps(epoch)
@@ -363,14 +457,17 @@ class TrainingPlan:
             return None
         return torch.tensor(kl_weight(self.config, epoch, step, steps), device=device)
 
-    def _take_step(self, batch: torch.Tensor, epoch: _Epoch, step: int, steps: int):
-        """One SVI step; returns its loss, or None for a skipped non-finite batch."""
+    def _take_step(self, batch: torch.Tensor, y: torch.Tensor | None, epoch: _Epoch, step: int,
+                   steps: int):
+        """One SVI step on ``batch`` (and its conditions ``y``, for a conditional model or the
+        labelled batches of the semi-supervised one); returns its loss, or None for a skipped
+        non-finite batch."""
         weight = self.kl_weight(epoch.number, step, steps, batch.device)
         # Pyro checks every distribution's arguments and values on the first step of each
         # epoch; the data were checked on loading, and non-finite losses and gradients are
         # caught below, so later steps skip those checks.
         try:
-            loss = self.step(batch, weight, validate=step == 0)
+            loss = self.step(batch, weight, y, validate=step == 0)
         except ValueError as err:  # Pyro's validation: a parameter left its support
             raise self._diverged(epoch.number, step, str(err).splitlines()[0]) from None
         reason = None
@@ -425,14 +522,18 @@ class TrainingPlan:
             f"--clip-norm, or check the likelihood's scale{skip}; {saved}")
 
     def save_pictures(self, run_dir: Path) -> None:
-        """``samples.png`` (for a prior that can be sampled) and ``reconstructions.png``."""
+        """``samples.png`` (for a prior that can be sampled; for a label-conditioned model
+        one row per class) and ``reconstructions.png``."""
         vae, shape = self.vae, self.data.data_shape
         if vae.can_sample:
-            pictures.save_grid(vae, vae.sample(NUM_SAMPLES, mean=True), shape,
+            y = pictures.class_rows(vae, NUM_SAMPLES // 8)
+            num = NUM_SAMPLES if y is None else y.shape[0]
+            pictures.save_grid(vae, vae.sample(num, mean=True, y=y), shape,
                                run_dir / "samples.png")
         shown = as_float(self.data.test_rows[:NUM_RECONSTRUCTIONS]).to(self.device)
         seen = (as_float(self.test_x[:NUM_RECONSTRUCTIONS]) if self.config.binarizes else None)
-        grid, per_row = pictures.reconstructions(vae, shown, seen, NUM_RECONSTRUCTIONS)
+        y = None if self.test_y is None or vae.semi_supervised else self.test_y[:NUM_RECONSTRUCTIONS]
+        grid, per_row = pictures.reconstructions(vae, shown, seen, NUM_RECONSTRUCTIONS, y=y)
         pictures.save_grid(vae, grid, shape, run_dir / "reconstructions.png", nrow=per_row)
 
 
@@ -531,7 +632,7 @@ def fit(
         _fit_user_model(vae, data)
         pyro.set_rng_seed(config.train.seed)
     if state is None and not vae.adapted:
-        vae.adapt(sample_rows(data.train_rows))
+        vae.adapt(sample_rows(data.train_rows), data.train_covariates)
     if out is not None:
         checkpoint.check_free_space(out, vae)
     run = RunWriter(out, overwrite, config, existing=state is not None) if out else None
@@ -577,6 +678,11 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
         raise ConfigError("--binarize static keeps one draw of every training image in memory, "
                           "which streamed data cannot; use --binarize dynamic (drawn batch by "
                           "batch) or --no-stream")
+    if config.model.condition == "label" and config.model.num_classes is None:
+        config = config.replace(num_classes=num_classes(data))  # as the labels decide
+    if config.model.semi_supervised:
+        data = hide_labels(data, config.data.labelled_count, config.train.seed,
+                           config.model.num_classes)
     return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
 
 

@@ -50,13 +50,18 @@ class TrainingStep:
         Keyword arguments of the model and guide for training only (``corruption``,
         ``contractive``).
 
-    Calling it with a batch (batch, D) and the KL weight (a 0-d tensor, or None for none)
-    returns the loss, −ELBO summed over the batch, in nats.
+    Calling it with a batch (batch, D), the KL weight (a 0-d tensor, or None for none) and the
+    batch's conditions ``y`` (labels or covariates of a conditional model; None for the
+    semi-supervised model's unlabelled batches, whose class is summed out) returns the loss,
+    −ELBO summed over the batch, in nats. For the labelled batches of the semi-supervised model
+    the loss includes the classification term α·log q(y|x) (``--classifier-weight``).
     """
 
     def __init__(self, vae: VAE, optim, config: Config, regularisers: dict | None = None):
         self.svi = SVI(vae.model, vae.guide, optim, build_elbo(config))
         self.kwargs = regularisers or {}
+        self.classifier = ({"classifier_weight": config.train.classifier_weight}
+                           if config.model.semi_supervised else {})
         self.compiled = self._compiled_elbo = None
         jit = config.train.jit
         # Your own networks are compiled only when asked for: a trace freezes any Python
@@ -67,21 +72,27 @@ class TrainingStep:
             self.compiled = SVI(vae.model, vae.guide, optim, self._compiled_elbo)
         self._traced: set[tuple[int, int]] = set()
 
-    def __call__(self, batch: torch.Tensor, kl_weight=None, validate: bool = False) -> float:
-        args = (batch,) if kl_weight is None else (batch, kl_weight)
-        if validate or self.compiled is None:
-            with pyro.validation_enabled(validate):
-                return self.svi.step(*args, **self.kwargs)
-        # The plain interpreter runs the recorded graph, and autograd differentiates it as it
-        # does eager code: TorchScript's optimising executor is slower for these graphs.
-        with pyro.validation_enabled(False), torch.jit.optimized_execution(False):
-            if (batch.shape[0], len(args)) not in self._traced:
-                self._trace(args)
-            return self.compiled.step(*args, num=batch.shape[0], **self.kwargs)
+    def __call__(self, batch: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None,
+                 validate: bool = False) -> float:
+        args, kwargs = step_arguments(batch, kl_weight, y), {**self.kwargs, **self.classifier}
+        with warnings.catch_warnings():
+            # A labelled batch has no site to enumerate: TraceEnum_ELBO is Trace_ELBO there.
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
+            if validate or self.compiled is None:
+                with pyro.validation_enabled(validate):
+                    return self.svi.step(*args, **kwargs)
+            # The plain interpreter runs the recorded graph, and autograd differentiates it as
+            # it does eager code: TorchScript's optimising executor is slower for these graphs.
+            with pyro.validation_enabled(False), torch.jit.optimized_execution(False):
+                if (batch.shape[0], len(args)) not in self._traced:
+                    self._trace(args, kwargs)
+                return self.compiled.step(*args, num=batch.shape[0], **kwargs)
 
-    def _trace(self, args: tuple) -> None:
+    def _trace(self, args: tuple, kwargs: dict | None = None) -> None:
         """Record the objective for this batch size and these arguments (the batch, and the KL
-        weight where a schedule sets one), on a copy of the random state."""
+        weight where a schedule sets one, and the conditions), with the keyword arguments of
+        the step (default: the regularisers), on a copy of the random state."""
+        kwargs = {**self.kwargs, **self.classifier} if kwargs is None else kwargs
         batch = args[0]
         devices = [batch.device] if batch.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
@@ -89,9 +100,19 @@ class TrainingStep:
             warnings.filterwarnings("ignore", message=".*torch.jit.trace", category=FutureWarning)
             # SVI's own bound methods: Pyro keys its traces on the model's and guide's ids.
             self._compiled_elbo.differentiable_loss(
-                self.compiled.model, self.compiled.guide, *args, num=batch.shape[0],
-                **self.kwargs)
+                self.compiled.model, self.compiled.guide, *args, num=batch.shape[0], **kwargs)
         self._traced.add((batch.shape[0], len(args)))
+
+
+def step_arguments(batch: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None) -> tuple:
+    """The positional arguments of the model and guide for one step, tensors only (the
+    compiled objective takes no None): (x), (x, kl_weight), or with conditions
+    (x, kl_weight, y), the weight then 1 where no schedule sets one."""
+    if y is None:
+        return (batch,) if kl_weight is None else (batch, kl_weight)
+    if kl_weight is None:
+        kl_weight = torch.ones((), device=batch.device)
+    return batch, kl_weight, y
 
 
 class DistributedStep:
@@ -107,13 +128,17 @@ class DistributedStep:
         from torch.nn.parallel import DistributedDataParallel
 
         self.vae, self.optim, self.world = vae, optim, cluster.world
+        if config.model.semi_supervised:
+            regularisers = {**regularisers, "classifier_weight": config.train.classifier_weight}
         loss = distributed.ELBOLoss(vae, build_elbo(config), cluster.world, regularisers)
         self.ddp = DistributedDataParallel(
             loss, device_ids=[device] if device.type == "cuda" else None)
 
-    def __call__(self, batch: torch.Tensor, kl_weight=None, validate: bool = False) -> float:
-        args = (batch,) if kl_weight is None else (batch, kl_weight)
-        with pyro.validation_enabled(validate):
+    def __call__(self, batch: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None,
+                 validate: bool = False) -> float:
+        args = step_arguments(batch, kl_weight, y)
+        with pyro.validation_enabled(validate), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
             loss = self.ddp(*args)
         loss.backward()
         self.optim(list(self.vae.parameters()))
