@@ -359,6 +359,7 @@ class VAE(nn.Module):
             return self.classify(x).argmax(-1)
         return self._required(y)
 
+    @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """q(y|x) of the semi-supervised model: ``x`` (batch, D) → class probabilities
         (batch, K).

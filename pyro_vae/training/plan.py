@@ -526,7 +526,7 @@ class TrainingPlan:
         one row per class) and ``reconstructions.png``."""
         vae, shape = self.vae, self.data.data_shape
         if vae.can_sample:
-            y = pictures.class_rows(vae, NUM_SAMPLES // 8)
+            y = pictures.class_rows(vae, min(vae.num_classes or 0, 16))
             num = NUM_SAMPLES if y is None else y.shape[0]
             pictures.save_grid(vae, vae.sample(num, mean=True, y=y), shape,
                                run_dir / "samples.png")
