@@ -90,7 +90,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="M2's training epochs.")
     parser.add_argument("--json", help="Write every run's figures to this file.")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     data = load_data(Config())
     config = Config(labelled="all").for_data(data.data_shape, data.train_rows.shape[0])
     arch = config.model.arch.build()

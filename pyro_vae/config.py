@@ -92,7 +92,7 @@ def _condition(spec: Any) -> str | None:
 
 
 def _labelled(value: Any) -> str | None:
-    if value == "all" or (isinstance(value, str) and value.isdigit()
+    if value == "all" or (isinstance(value, str) and value.isascii() and value.isdigit()
                           and 0 < int(value) <= MAX_SIZE):
         return None
     return "must be a positive number of labels to keep, or all"
@@ -187,6 +187,9 @@ class ModelConfig:
         if not isinstance(self.semi_supervised, bool):
             raise ConfigError(f"semi_supervised must be true or false, got "
                               f"{self.semi_supervised!r}")
+        if self.num_classes is not None and self.condition != "label":
+            raise ConfigError("num_classes belongs to a model conditioned on the label "
+                              "(--condition label); drop it")
         if self.semi_supervised and self.condition != "label":
             raise ConfigError("--labelled makes the class label a latent site, so it needs "
                               "--condition label, not --condition "
@@ -619,7 +622,7 @@ class Config:
                 raise ConfigError("--classifier-weight weights the classifier q(y|x) of the "
                                   "semi-supervised model; give it with --labelled N")
             return
-        if OBJECTIVES[train.elbo]().enumerated() is None:
+        if not OBJECTIVES[train.elbo].enumerates:
             raise ConfigError(
                 f"--labelled sums the unknown class out exactly (TraceEnum_ELBO), which --elbo "
                 f"{train.elbo} has no form of; use --elbo {_names(OBJECTIVES, 'enumerates')}")

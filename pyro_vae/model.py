@@ -89,7 +89,10 @@ class VAE(nn.Module):
     condition : Condition, optional
         What the model conditions on (:class:`~pyro_vae.parts.conditions.LabelCondition`,
         :class:`~pyro_vae.parts.conditions.CovariateCondition`); then ``encoder(x, c)`` and
-        ``decoder(cat[z, c])`` read its vector c of ``condition.dim`` entries.
+        ``decoder(cat[z, c])`` read its vector c of ``condition.dim`` entries, so the decoder
+        must take z_dim + C inputs. A model of your own can be saved by :func:`pyro_vae.fit`
+        with a label condition only (``config.json`` cannot name covariate columns of yours;
+        use ``--condition NAMES`` for those).
     classifier : nn.Module, optional
         With a label condition: x (batch, D) → the K logits of q(y|x), which makes the
         class a latent site (the semi-supervised model).
@@ -250,18 +253,22 @@ class VAE(nn.Module):
         draws the class from p(y) (or the guide) where ``y`` is None. ``kl_weight`` (a float
         or 0-d tensor) scales the z site; ``contractive`` > 0 adds the contractive penalty
         (:func:`contractive_penalty`); ``classifier_weight`` α > 0 adds α·log q(y|x) for given
-        labels (Kingma et al. 2014, eq. 9); ``corruption`` is the guide's. Returns the
-        observed ``x``, or the sampled one (num, D) in the likelihood's units.
+        labels (Kingma et al. 2014, eq. 9): 0 by default, so an SVI loop of your own gets the
+        classification term only when it passes α (``fit`` passes ``--classifier-weight``);
+        ``corruption`` is the guide's. Returns the observed ``x``, or the sampled one (num, D)
+        in the likelihood's units.
 
         Raises
         ------
         ConfigError
-            For a conditional model called without ``y`` (other than the semi-supervised one).
+            For a conditional model called without ``y`` (other than the semi-supervised one),
+            or a model without a condition called with one.
         """
         pyro.module(f"{self.name}.decoder", self.decoder)
         pyro.module(f"{self.name}.prior", self.prior)
         pyro.module(f"{self.name}.likelihood", self.likelihood)  # e.g. a learned dispersion
         size = x.shape[0] if x is not None else num
+        self._unexpected(y)
         with pyro.plate("data", size):
             with _scaled(kl_weight):
                 z = pyro.sample("z", self.prior())
@@ -280,6 +287,10 @@ class VAE(nn.Module):
                 pyro.factor("contractive", -contractive * penalty, has_rsample=True)
             obs = self.likelihood.to_obs(x) if x is not None else None
             return pyro.sample("x", self.observation(self.decoder_params(z, c), x), obs=obs)
+
+    def _unexpected(self, y: torch.Tensor | None) -> None:
+        if y is not None and self.condition is None:
+            raise ConfigError("this model has no condition, so it takes no y; drop it")
 
     def _required(self, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
@@ -325,6 +336,7 @@ class VAE(nn.Module):
         """
         pyro.module(f"{self.name}.encoder", self.encoder)
         pyro.module(f"{self.name}.family", self.family)
+        self._unexpected(y)
         seen = self.encoder_input(x)
         if corruption is not None:
             seen = corruption(seen)
@@ -431,16 +443,31 @@ class VAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z) (p(x|z, y) with a condition) in data units: ``z`` (batch, z_dim) →
-        (batch, D)."""
+        (batch, D).
+
+        Raises
+        ------
+        ConfigError
+            For a conditional model without ``y``.
+        """
         if self.condition is not None:
             self._required(y)
-        return self._mean(self.decoder_params(z, self.condition_vector(y)))
+        return self.decode_vector(z, self.condition_vector(y))
 
     @torch.no_grad()
     def decode_vector(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z, c) in data units for condition vectors ``c`` (…, C) themselves, e.g.
         a point between two one-hot codes: ``z`` (…, z_dim) → (…, D); ``c`` None for an
-        unconditional model."""
+        unconditional model.
+
+        Raises
+        ------
+        ConfigError
+            For a conditional model without ``c``, or an unconditional one with it.
+        """
+        if (c is None) != (self.condition is None):
+            raise ConfigError("give the condition vector c of a conditional model, and none "
+                              "for another")
         return self._mean(self.decoder_params(z, c))
 
     @torch.no_grad()
@@ -473,8 +500,12 @@ class VAE(nn.Module):
                 f"this model has the improper prior --prior {self.prior.name}, which cannot be "
                 "sampled; train with a proper prior to generate new data"
             )
+        device = next(self.buffers()).device
         if y is None and self.num_classes is not None and not self.semi_supervised:
-            y = torch.randint(self.num_classes, (num,), device=next(self.buffers()).device)
+            y = torch.randint(self.num_classes, (num,), device=device)
+        if y is not None:
+            self._unexpected(y)
+            y = y.to(device)
         draws = Predictive(self.model, num_samples=1, return_sites=("z", "x", "y"))(
             None, None, y, num=num)
         if mean:

@@ -85,6 +85,7 @@ CONDITIONED = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")  # labelled step
 @pytest.mark.parametrize("options", CONDITIONED, ids=lambda o: ",".join(
     f"{k}={v}" for k, v in o.items()))
 def test_one_svi_step_each_way_moves_every_parameter(options, fmnist_small):
@@ -471,7 +472,7 @@ def test_covariates_are_taken_out_of_the_codes(tmp_path):
     for name, data, extra in (("plain", features, []),
                               ("conditioned", path, ["--condition", "year,quarter"])):
         result = cli("fit", "--dataset", data, "--likelihood", "normal-learned", "--z-dim", 2,
-                     "--hidden", 32, "--quiet", *extra, "--out", tmp_path / name)
+                     "--hidden", 32, "--epochs", 100, "--quiet", *extra, "--out", tmp_path / name)
         assert result.exit_code == 0, result.output
         assert cli("encode", tmp_path / name, "--data", data, "--out",
                    tmp_path / f"{name}.npy").exit_code == 0
@@ -485,3 +486,29 @@ def test_covariates_are_taken_out_of_the_codes(tmp_path):
     assert config.covariates == ("year", "quarter") and config.data_shape == (12,)
     result = cli("evaluate", tmp_path / "conditioned", "--iwae-samples", 20, "--quiet")
     assert result.exit_code == 0 and "given the covariates" in result.output, result.output
+
+
+def test_a_semi_supervised_run_resumes_exactly_from_a_mid_epoch_checkpoint(fmnist_small,
+                                                                          tmp_path, monkeypatch):
+    import pyro_vae.io.checkpoint as checkpoint
+
+    real_save = checkpoint.save_training_state
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
+        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+        partial = progress.get("partial")
+        if partial and partial["epoch"] == 2 and partial["step"] == 3:
+            raise Killed  # the process dies right after this periodic checkpoint
+
+    options = dict(data=fmnist_small, limit=600, labelled=30, batch_size=100, hidden=(32,),
+                   z_dim=4, checkpoint_every=3, progress=False)
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
+    with pytest.raises(Killed):
+        fit(out=tmp_path / "run", epochs=3, **options)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    resumed = fit(resume=tmp_path / "run", epochs=3, data=fmnist_small, progress=False)
+    whole = fit(out=tmp_path / "whole", epochs=3, **options)
+    _same_runs(whole, resumed)

@@ -27,7 +27,7 @@ from ..config import data_unit
 from ..errors import ConfigError, DataError
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
-from ..io.data import eval_data
+from ..io.data import as_float, eval_data
 from ..model import VAE
 
 #: Unit u is active when Cov_x(E_q[z_u|x]) exceeds this (Burda et al. 2016, §5.2).
@@ -141,11 +141,12 @@ def evaluate(
         ``iwae_samples``, ``num_images``, ``nll_per_image`` (a tensor of N values), and for
         the semi-supervised model ``accuracy`` (None without labels).
 
-        For the semi-supervised model each image is scored under each of the K classes, with
-        K importance samples of q(z|x, y): log p(x) ≈ log Σ_y p(y) (1/K) Σ_k p(x, z_k|y) /
-        q(z_k|x, y), a bound that sums y out exactly; the −ELBO is −U(x) of Kingma et al.
-        (2014, eq. 7), −Σ_y q(y|x) ELBO(x, y) − H(q(y|x)); E[z|x] (for active units) and the
-        KL per dimension are averages over q(y|x). It costs K times a model without y.
+        For the semi-supervised model each image is scored under each of its C classes, with
+        S = ``iwae_samples`` importance samples of q(z|x, y) each: log p(x) ≈
+        log Σ_y p(y) (1/S) Σ_s p(x, z_s|y) / q(z_s|x, y), a bound that sums y out exactly;
+        the −ELBO is −U(x) of Kingma et al. (2014, eq. 7), −Σ_y q(y|x) ELBO(x, y) − H(q(y|x));
+        E[z|x] (for active units) and the KL per dimension are averages over q(y|x). It costs
+        C times a model without y.
 
     Raises
     ------
@@ -154,7 +155,7 @@ def evaluate(
         or a flat prior (p(x) is not defined).
     DataError
         For non-finite data or values the likelihood cannot score (a binarising Bernoulli model
-        needs the binary draw, as :func:`pyro_vae.io.data.load_eval_data` returns it).
+        needs the binary draw, as :func:`pyro_vae.io.data.eval_data` returns it).
     """
     delta = _check_evaluable(vae, x, proposal_scale)
     vae.eval()
@@ -195,10 +196,13 @@ def evaluate(
 @torch.no_grad()
 def classifier_accuracy(vae: VAE, x: torch.Tensor, labels: torch.Tensor,
                         batch_size: int = 1000) -> float:
-    """The share of the images ``x`` (N, D) whose most probable class under q(y|x) is their
-    label (``labels`` (N,))."""
-    predicted = torch.cat([vae.classify(xb).argmax(-1) for xb in x.split(batch_size)])
-    return float((predicted == labels.to(predicted.device)).float().mean())
+    """The share of the images ``x`` (N, D; float values, or rows as
+    :class:`~pyro_vae.io.data.Data` stores them) whose most probable class under q(y|x) is
+    their label (``labels`` (N,))."""
+    device = next(vae.parameters()).device
+    predicted = torch.cat([vae.classify(as_float(xb).to(device)).argmax(-1)
+                           for xb in x.split(batch_size)])
+    return float((predicted == labels.to(device)).float().mean()) if x.shape[0] else 0.0
 
 
 def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) -> bool:
@@ -338,7 +342,7 @@ def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
     Raises
     ------
     RunDirError, CheckpointError, DataError, ConfigError
-        As :func:`pyro_vae.load`, :func:`pyro_vae.io.data.load_eval_data` and
+        As :func:`pyro_vae.load`, :func:`pyro_vae.io.data.eval_data` and
         :func:`evaluate`.
     """
 

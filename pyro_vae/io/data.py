@@ -303,6 +303,12 @@ def split_covariates(data: Data, names: tuple[str, ...]) -> Data:
     if not kept:
         raise DataError(f"--condition takes every column of {data.source} out of the "
                         "features; leave some columns to model")
+    for rows in (data.train_rows, data.test_rows):
+        finite = torch.isfinite(as_float(rows[:, taken])).all(0)
+        if not bool(finite.all()):
+            name = names[int((~finite).nonzero()[0])]
+            raise DataError(f"{data.source}: the covariate column {name!r} holds infinite "
+                            "values; fix or drop those rows")
     return data.replace(
         train=data.train_rows[:, kept], test=data.test_rows[:, kept], data_shape=(len(kept),),
         train_covariates=data.train_rows[:, taken], test_covariates=data.test_rows[:, taken])
@@ -328,6 +334,10 @@ def check_labels(data: Data, config: Config) -> None:
             f"{model} needs class labels, and {data.source or 'the data'} has none; give "
             "y_train in a .npz, one subfolder per class, --label-column for a table, or a "
             "named dataset")
+    for labels in (data.train_labels, data.test_labels):
+        if labels is not None and labels.dtype != torch.int64:
+            raise DataError(f"the labels of {data.source or 'the data'} are {labels.dtype}; "
+                            "give int64 class numbers 0 … K−1")
     k = config.model.num_classes or num_classes(data)
     for labels, split in ((data.train_labels, "training"), (data.test_labels, "test")):
         if labels is None or not labels.numel():
@@ -343,7 +353,8 @@ def check_labels(data: Data, config: Config) -> None:
 def hide_labels(data: Data, keep: int | None, seed: int, classes: int) -> Data:
     """The training labels of ``data`` with all but ``keep`` of them hidden (set to −1): as
     many of each of the ``classes`` classes (the first ``keep`` mod K classes one more), drawn
-    with a generator seeded by ``seed``; ``keep`` None keeps them all.
+    with a generator seeded by ``seed``; ``keep`` None keeps them all. The labels must lie in
+    0 … K−1 already (:func:`check_labels`).
 
     Raises
     ------

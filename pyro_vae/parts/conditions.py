@@ -64,8 +64,8 @@ class LabelCondition(Condition):
         self.register_buffer("_logits", torch.zeros(num_classes), persistent=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Labels (…) of int64 → one-hot codes (…, K) of float32."""
-        return F.one_hot(y, self.num_classes).to(self._logits.dtype)
+        """Labels (…) of int64 → one-hot codes (…, K) of float32, on the module's device."""
+        return F.one_hot(y.to(self._logits.device), self.num_classes).to(self._logits.dtype)
 
     def prior(self) -> dist.Categorical:
         """p(y) = Cat(1/K), batch shape (), on the module's device."""
@@ -97,5 +97,5 @@ class CovariateCondition(Condition):
         self.scale = torch.where(scale > 0, scale, torch.ones_like(scale))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Covariates (…, C) → standardised (…, C)."""
-        return (y - self.mean) / self.scale
+        """Covariates (…, C) → standardised (…, C), on the module's device."""
+        return (y.to(self.mean) - self.mean) / self.scale

@@ -89,8 +89,10 @@ class ELBOLoss(nn.Module):
         self.regularisers = regularisers or {}
 
     def forward(self, *args) -> torch.Tensor:
-        """``args``: the batch (batch, D) and, where a schedule weights the KL term, its
-        weight."""
+        """``args``: the batch (batch, D) and, where a schedule weights the KL term or the
+        model is conditional, its weight and the batch's conditions (labels or covariates;
+        :func:`~pyro_vae.training.step.step_arguments`); the training-only keyword arguments
+        (regularisers, the semi-supervised model's ``classifier_weight``) are fixed."""
         loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, *args,
                                              **self.regularisers)
         return self.world * loss

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import plots
 from ..evaluation import pictures
+from ..evaluation.evaluate import classifier_accuracy
 from ..config import (
     Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
 from ..devices import resolve_device
@@ -85,19 +86,6 @@ def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
         total += elbo.loss(vae.model, vae.guide, batch, *given)
     vae.train(was_training)
     return total / x.shape[0]
-
-
-@torch.no_grad()
-def accuracy(vae: VAE, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """The share of rows of ``x`` (N, D; stored rows as for :func:`neg_elbo`) whose most
-    probable class under the classifier q(y|x) is their label (``labels`` (N,))."""
-    device = next(vae.parameters()).device
-    right = 0
-    for start in range(0, x.shape[0], batch_size):
-        batch = as_float(x[start : start + batch_size]).to(device)
-        predicted = vae.classify(batch).argmax(-1)
-        right += int((predicted == labels[start : start + batch_size].to(device)).sum())
-    return right / max(1, x.shape[0])
 
 
 def kl_weight(config: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -330,16 +318,17 @@ class TrainingPlan:
             row["test_bits_per_dim"] = round(
                 row["test_neg_elbo"] / (self.test_x.shape[-1] * math.log(2)), 5)
         if self.vae.semi_supervised and self.test_y is not None:
-            row["test_accuracy"] = round(self._test_split(accuracy), 5)
+            row["test_accuracy"] = round(self._test_split(classifier_accuracy), 5)
         return row
 
     def _test_split(self, score) -> float:
-        """``score`` (:func:`neg_elbo` or :func:`accuracy`) of the test set, a mean over its
-        rows; under torchrun each rank scores every world-th image and the sums are added up,
-        so the evaluation is split rather than repeated."""
+        """``score`` (:func:`neg_elbo` or
+        :func:`~pyro_vae.evaluation.evaluate.classifier_accuracy`) of the test set, a mean over
+        its rows; under torchrun each rank scores every world-th image and the sums are added
+        up, so the evaluation is split rather than repeated."""
         def scored(x, y):
-            if score is accuracy:
-                return accuracy(self.vae, x, y)
+            if score is classifier_accuracy:
+                return classifier_accuracy(self.vae, x, y)
             return neg_elbo(self.vae, x, y=y)
 
         if self.cluster is None:
@@ -407,7 +396,6 @@ class TrainingPlan:
         """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
         orders, steps = self._orders(x, epoch.number)
         n = sum(order.shape[0] for order, _, _ in orders)
-        done = min(n, sum(epoch.step * size for _, size, _ in orders))
         self.vae.train()
         if self.partial is not None:  # the permutation is drawn again above; now the later RNG
             checkpoint.restore_rng(self.partial["rng"])
@@ -417,6 +405,7 @@ class TrainingPlan:
             epoch.started = time.perf_counter() - self.partial["seconds"]
             self.partial = None
         else:
+            done = 0
             epoch.started = time.perf_counter()
         with tqdm(total=n, desc=f"epoch {epoch.number}/{self.config.train.epochs}", unit="img",
                   # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
@@ -591,8 +580,11 @@ def fit(
         ``(model, metrics)``: the trained :class:`VAE` in eval mode and a list of dicts with
         the keys :data:`METRIC_COLUMNS` (losses in nats per image). ``train_neg_elbo`` is the
         training objective's value (the negative IWAE bound for ``elbo="iwae"``, the weighted
-        objective under ``beta`` and warm-up); ``test_neg_elbo`` is always the plain
-        single-sample −ELBO, so runs with different objectives compare.
+        objective under ``beta`` and warm-up; for the semi-supervised model −U(x) of the
+        unlabelled images and, for the labelled ones, their −ELBO plus −α·log q(y|x), over
+        every row a step took, labelled rows counted as often as they are cycled through);
+        ``test_neg_elbo`` is always the plain single-sample −ELBO (of the class-summed bound
+        U(x) for the semi-supervised model), so runs with different objectives compare.
 
     Raises
     ------

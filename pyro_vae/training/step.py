@@ -131,8 +131,10 @@ class DistributedStep:
         if config.model.semi_supervised:
             regularisers = {**regularisers, "classifier_weight": config.train.classifier_weight}
         loss = distributed.ELBOLoss(vae, build_elbo(config), cluster.world, regularisers)
+        # The semi-supervised model's labelled batches leave the classifier unused when α = 0.
         self.ddp = DistributedDataParallel(
-            loss, device_ids=[device] if device.type == "cuda" else None)
+            loss, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=config.model.semi_supervised)
 
     def __call__(self, batch: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None,
                  validate: bool = False) -> float:
