@@ -26,14 +26,17 @@ TINY = ["--hidden", "8", "--z-dim", "2", "--quiet"]
 
 @pytest.fixture(scope="module")
 def tiny_npz(fmnist_small, tmp_path_factory) -> Path:
-    """96 training and 32 test images of Fashion-MNIST as uint8, like a user's file."""
+    """96 training and 32 test images of Fashion-MNIST as uint8 with labels, like a user's
+    file."""
     path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
 
     def as_uint8(x):
         return (x * 255).round().astype("uint8").reshape(-1, 28, 28)
 
     np.savez(path, x_train=as_uint8(fmnist_small.train[:96].numpy()),
-             x_test=as_uint8(fmnist_small.test[:32].numpy()))
+             x_test=as_uint8(fmnist_small.test[:32].numpy()),
+             y_train=fmnist_small.train_labels[:96].numpy(),
+             y_test=fmnist_small.test_labels[:32].numpy())
     return path
 
 
@@ -104,6 +107,9 @@ OPTIONS = {
     "--elbo": st.sampled_from(["trace", "meanfield", "iwae", "tmc"]),
     "--binarize": st.sampled_from(["dynamic", "static", "none", "maybe"]),
     "--arch": st.sampled_from(["mlp", "conv", "linear", "rnn"]),
+    "--condition": st.sampled_from(["label", "age", "a,,b", "label,age", ""]),
+    "--labelled": st.one_of(numbers(st.integers(1, 100)), st.sampled_from(["all", "²", "ALL"])),
+    "--classifier-weight": numbers(st.floats(1e-3, 1e4)),
 }
 
 
