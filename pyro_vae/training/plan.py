@@ -355,10 +355,10 @@ class TrainingPlan:
         return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
                                                            self.cluster)
 
-    def _orders(self, x, epoch: int) -> tuple[list[tuple[torch.Tensor, int, bool]], int]:
+    def _orders(self, x, epoch: int) -> tuple[list[tuple[torch.Tensor, int, bool, bool]], int]:
         """Each stream's rows for the epoch in the order its steps take them (this rank's
-        shard), its batch size per rank and whether its batches are labelled; and the number
-        of steps.
+        shard), its batch size per rank, whether its batches are labelled and whether it is
+        cycled through more than once; and the number of steps.
 
         One stream (every row) is one permutation (:meth:`_order`). The semi-supervised
         model's two streams take a batch each per step: the longer stream is one permutation
@@ -367,8 +367,8 @@ class TrainingPlan:
         minibatches; its batch is the whole stream when that is smaller than --batch-size."""
         if self.streams[0][0] is None:
             order, batch_size = self._order(x, epoch)
-            return [(order, batch_size, self.streams[0][1])], math.ceil(order.shape[0] /
-                                                                         batch_size)
+            return [(order, batch_size, self.streams[0][1], False)], math.ceil(order.shape[0] /
+                                                                                batch_size)
         world = self.cluster.world if self.cluster is not None else 1
         generator = None
         if self.cluster is not None:  # the same orders on every rank
@@ -389,18 +389,18 @@ class TrainingPlan:
                 order = order[: steps * size]
             if self.cluster is not None:
                 order = distributed.shard(order, self.cluster)
-            orders.append((order, size // world, labelled))
+            orders.append((order, size // world, labelled, not longest))
         return orders, steps
 
     def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
         """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
         orders, steps = self._orders(x, epoch.number)
-        n = sum(order.shape[0] for order, _, _ in orders)
+        n = sum(order.shape[0] for order, _, _, _ in orders)
         self.vae.train()
         if self.partial is not None:  # the permutation is drawn again above; now the later RNG
             checkpoint.restore_rng(self.partial["rng"])
             epoch.step, epoch.total = self.partial["step"], self.partial["total"]
-            done = min(n, sum(epoch.step * size for _, size, _ in orders))
+            done = min(n, sum(epoch.step * size for _, size, _, _ in orders))
             epoch.seen = self.partial.get("seen", done)
             epoch.started = time.perf_counter() - self.partial["seconds"]
             self.partial = None
@@ -412,11 +412,11 @@ class TrainingPlan:
                   disable=None if self.progress else True, leave=False, dynamic_ncols=True,
                   initial=done) as bar:
             for step in range(epoch.step, steps):
-                for order, size, labelled in orders:
+                for order, size, labelled, cycled in orders:
                     positions = order[step * size : (step + 1) * size]
                     if not positions.numel():
                         continue
-                    batch = self._batch(x, positions)
+                    batch = self._batch(x, positions, fresh=cycled)
                     y = self.train_y[positions] if labelled else None
                     loss = self._take_step(batch, y, epoch, step, steps)
                     bar.update(batch.shape[0])
@@ -428,10 +428,21 @@ class TrainingPlan:
         if x.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def _batch(self, x: torch.Tensor | MappedRows, positions: torch.Tensor) -> torch.Tensor:
+    def _batch(self, x: torch.Tensor | MappedRows, positions: torch.Tensor,
+               fresh: bool = False) -> torch.Tensor:
         """The rows at ``positions`` as float32 on the device: read from the file when
         streamed (and binarised here, under dynamic binarisation), converted from uint8 grey
-        levels or bool draws on the device."""
+        levels or bool draws on the device.
+
+        ``fresh``: the rows of a stream cycled through several times an epoch (the
+        semi-supervised model's labelled images, when fewer than the unlabelled ones). Under
+        dynamic binarisation they are drawn again from the stored grey levels at every
+        presentation, as every image is once an epoch: the epoch's one draw of the training
+        set, ``x``, would show the decoder and the classifier the same binary image each time
+        round, and both fit those few draws instead of the images."""
+        dynamic = self.config.binarization == "dynamic"
+        if fresh and dynamic and not isinstance(x, MappedRows):
+            return binarize(as_float(self.train_x[positions]))
         batch = x[positions]
         if isinstance(x, MappedRows):
             batch = as_float(batch.to(self.device, non_blocking=True))
