@@ -38,7 +38,9 @@ class _Command(click.Command):
         try:
             return super().invoke(ctx)
         except PyroVAEError as err:
-            raise click.ClickException(str(err)) from None
+            # Raised inside a Pyro trace, the message gains the trace's shapes: the first line
+            # is ours.
+            raise click.ClickException(str(err).strip().split("\n")[0]) from None
         except (MemoryError, RuntimeError) as err:
             # torch.OutOfMemoryError is a RuntimeError; a failed CPU allocation is a plain
             # RuntimeError ("can't allocate").
@@ -148,10 +150,11 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
 
     last = result.metrics[-1]
     unit = data_unit(result.model.data_shape)
+    accuracy = f", test accuracy {last['test_accuracy']:.1%}" if "test_accuracy" in last else ""
     click.echo(
         f"done: {last['epoch']} epochs in {time.perf_counter() - started:.0f} s; "
         f"test -ELBO {last['test_neg_elbo']:.2f} nats/{unit} "
-        f"(train {last['train_neg_elbo']:.2f}); run written to {out}")
+        f"(train {last['train_neg_elbo']:.2f}){accuracy}; run written to {out}")
 
 
 @main.command(cls=_Command)

@@ -61,7 +61,7 @@ class VAE(nn.Module):
         y ~ q(y|x) = Cat(classifier(x))  in the guide, where y is not given, enumerated
 
     Where y is not given, ``TraceEnum_ELBO`` sums the guide's "y" out over its K values in
-    parallel, the unlabelled bound U(x) of their eq. 7; where it is, ``classifier_weight`` α adds
+    parallel, the unlabelled bound −U(x) of their eq. 7; where it is, ``classifier_weight`` α adds
     their classification term α·log q(y|x) (eq. 9) with ``pyro.factor``, in training only.
 
     Parameters
@@ -506,6 +506,8 @@ class VAE(nn.Module):
         if y is not None:
             self._unexpected(y)
             y = y.to(device)
+        elif self.condition is not None and not self.semi_supervised:
+            self._required(y)  # covariates: here, not inside Pyro's trace
         draws = Predictive(self.model, num_samples=1, return_sites=("z", "x", "y"))(
             None, None, y, num=num)
         if mean:

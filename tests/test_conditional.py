@@ -298,6 +298,8 @@ def test_an_epoch_pairs_every_unlabelled_batch_with_a_labelled_one(fmnist_small,
     assert [(s, n) for s, n, _ in steps] == [(i, n) for i in range(5) for n in (100 if i < 4
                                                                                  else 80, 20)]
     labelled = [y for _, _, y in steps if y is not None]
+    assert all(y is None for _, _, y in steps[::2]) and len(set(map(frozenset, labelled))) == 1
+    assert len(labelled[0]) == 20 and min(labelled[0]) >= 0
 
 
 def test_cycled_labelled_images_are_binarised_afresh_each_time_round(fmnist_small, monkeypatch):
@@ -413,6 +415,8 @@ def test_diagnose_checks_the_continuous_latent_given_the_class(m2_run, tmp_path)
     ("npz", ["--labelled", 5000], "more than the 2000 training labels"),
     ("npz", ["--labelled", 5], "fewer than the 10 classes"),
     ("test-label-10", ["--condition", "label"], "outside the classes 0 to 9"),
+    ("no-test-labels", ["--condition", "label"], "needs the test images' labels too"),
+    ("no-test-labels", ["--labelled", 100], "needs the test images' labels too"),
     ("negative", ["--labelled", 100], "outside the classes"),
     ("npz", ["--condition", "age"], "not a .csv or .parquet table"),
     ("npz", ["--labelled", 100, "--elbo", "meanfield"], "use --elbo trace"),
@@ -429,14 +433,17 @@ def test_bad_labels_are_refused_in_one_line_and_nothing_is_written(case, args, m
         "no-labels": tmp_path / "x.npy",
         "test-label-10": tmp_path / "t10.npz",
         "negative": tmp_path / "neg.npz",
+        "no-test-labels": tmp_path / "nt.npz",
         "table": tmp_path / "t.csv",
         "table-missing": tmp_path / "tm.csv",
     }[case]
     if case == "no-labels":
         np.save(dataset, x["x_train"])
-    elif case in ("test-label-10", "negative"):
+    elif case in ("test-label-10", "negative", "no-test-labels"):
         arrays = dict(x)
-        if case == "negative":
+        if case == "no-test-labels":
+            del arrays["y_test"]
+        elif case == "negative":
             arrays["y_train"] = arrays["y_train"] - 1
         else:
             arrays["y_test"] = arrays["y_test"].copy()
@@ -510,6 +517,11 @@ def test_covariates_are_taken_out_of_the_codes(tmp_path):
     assert config.covariates == ("year", "quarter") and config.data_shape == (12,)
     result = cli("evaluate", tmp_path / "conditioned", "--iwae-samples", 20, "--quiet")
     assert result.exit_code == 0 and "given the covariates" in result.output, result.output
+    result = cli("sample", tmp_path / "conditioned", "--out", tmp_path / "draws.npy")
+    assert result.exit_code == 1 and "conditioned on covariates" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "draws.npy").exists()
+    with pytest.raises(ConfigError, match="give y, one per row"):
+        load(tmp_path / "conditioned").sample(4)
 
 
 def test_a_semi_supervised_run_resumes_exactly_from_a_mid_epoch_checkpoint(fmnist_small,

@@ -76,7 +76,16 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
     -------
     log_w, log_lik, z : Tensor
         log p(x, z_k) − log q(z_k|x) and log p(x|z_k), each (K, batch), and z (K, batch, z_dim).
+
+    Raises
+    ------
+    ConfigError
+        For the semi-supervised model without ``y``: its weights are per class; sum them over
+        the classes with :func:`evaluate` (or give each class as ``y``).
     """
+    if vae.semi_supervised and y is None:
+        raise ConfigError("the semi-supervised model's importance weights are per class: give "
+                          "y (each class in turn), or use evaluate(), which sums the class out")
     vae.eval()
     guide = proposal or vae.guide
     args = (x,) if y is None else (x, None, y)
@@ -144,9 +153,10 @@ def evaluate(
         For the semi-supervised model each image is scored under each of its C classes, with
         S = ``iwae_samples`` importance samples of q(z|x, y) each: log p(x) ≈
         log Σ_y p(y) (1/S) Σ_s p(x, z_s|y) / q(z_s|x, y), a bound that sums y out exactly;
-        the −ELBO is −U(x) of Kingma et al. (2014, eq. 7), −Σ_y q(y|x) ELBO(x, y) − H(q(y|x));
+        the −ELBO is U(x) of Kingma et al. (2014, eq. 7, whose bound is −U(x)),
+        −Σ_y q(y|x) ELBO(x, y) − H(q(y|x));
         E[z|x] (for active units) and the KL per dimension are averages over q(y|x). It costs
-        C times a model without y.
+        K times a model without y (K classes).
 
     Raises
     ------

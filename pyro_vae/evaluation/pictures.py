@@ -191,7 +191,8 @@ def draw(vae: VAE, mode: str, out, *, num: int | None = None, nrow: int = 8,
     ConfigError
         For a mode this model cannot draw (an improper prior's samples, a manifold beyond two
         dimensions, pictures of data that are not images, too few images, analogies or a
-        ``label`` without a label condition, a label outside 0 … K−1).
+        ``label`` without a label condition, a label outside 0 … K−1, draws from the prior of a
+        model conditioned on covariates).
     """
     shape, out = tuple(vae.data_shape), str(out)
     num = num or DEFAULT_NUM[mode]
@@ -250,6 +251,12 @@ def _split(x: torch.Tensor, y: torch.Tensor | None, size: int):
 
 
 def _check_label(vae: VAE, mode: str, label: int | None) -> None:
+    covariates = vae.condition is not None and not vae.condition.labels
+    if covariates and mode in ("prior", "manifold"):
+        raise ConfigError(f"--mode {mode} draws x ~ p(x|z, y), and this model is conditioned on "
+                          "covariates, which sample cannot choose; use --mode reconstruct, "
+                          "interpolate, traverse or latents (the test rows' covariates), or "
+                          "vae.sample(num, y=covariates) in Python")
     if label is None:
         return
     if vae.num_classes is None:

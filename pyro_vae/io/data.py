@@ -324,8 +324,8 @@ def num_classes(data: Data) -> int:
 
 def check_labels(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if a model conditioned on the class label cannot read the
-    labels of ``data``: none for the training images, a negative label, fewer than two
-    classes, or test labels outside the training classes 0 … K−1."""
+    labels of ``data``: none for the training images or for the test images, a negative
+    label, fewer than two classes, or test labels outside the training classes 0 … K−1."""
     if config.model.condition != "label":
         return
     model = "--labelled" if config.model.semi_supervised else "--condition label"
@@ -334,6 +334,11 @@ def check_labels(data: Data, config: Config) -> None:
             f"{model} needs class labels, and {data.source or 'the data'} has none; give "
             "y_train in a .npz, one subfolder per class, --label-column for a table, or a "
             "named dataset")
+    if data.test_labels is None and data.test_rows.shape[0]:
+        raise DataError(
+            f"{model} needs the test images' labels too, and {data.source or 'the data'} has "
+            "none for them; give y_test with x_test in a .npz (or leave both out to hold out "
+            "labelled training images)")
     for labels in (data.train_labels, data.test_labels):
         if labels is not None and labels.dtype != torch.int64:
             raise DataError(f"the labels of {data.source or 'the data'} are {labels.dtype}; "

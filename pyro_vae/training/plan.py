@@ -26,7 +26,9 @@ from ..evaluation.evaluate import classifier_accuracy
 from ..config import (
     Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
 from ..devices import resolve_device
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
+from ..errors import (
+    CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted,
+)
 from ..io import checkpoint
 from ..io.data import (
     TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, hide_labels,
@@ -64,9 +66,10 @@ def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
     float32 values, or rows as :class:`~pyro_vae.io.data.Data` stores them (uint8 grey levels,
     bool), converted batch by batch. ``y`` holds the conditions of a conditional model (N
     labels or (N, C) covariates): the −ELBO of log p(x|y). The semi-supervised model is scored
-    without labels, its class summed out by ``TraceEnum_ELBO``: −U(x) of Kingma et al. (2014,
-    eq. 7), a bound on −log p(x). The model and guide are called without schedule
-    arguments: the plain ELBO, without β, corruption or contractive penalty. By default
+    without labels, its class summed out by ``TraceEnum_ELBO``: U(x) of Kingma et al. (2014,
+    eq. 7, whose bound on log p(x) is −U(x)), a bound on −log p(x). The model and guide are
+    called without schedule arguments: the plain ELBO, without β, corruption or contractive
+    penalty. By default
     ``batch_size`` is 1000 rows, fewer for wide data (at most 2^22 values per batch; for the
     semi-supervised model K times fewer), which bounds the memory the model's intermediate
     values take.
@@ -298,10 +301,12 @@ class TrainingPlan:
         self.rows.append(self._metrics(number, seconds, total / seen))
         if self.progress:
             row = self.rows[-1]
+            accuracy = (f", test accuracy {row['test_accuracy']:.1%}" if "test_accuracy" in row
+                        else "")
             tqdm.write(
                 f"epoch {number}/{self.config.train.epochs}: train -ELBO "
-                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} nats/{self.unit} "
-                f"({seconds:.1f} s)")
+                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} "
+                f"nats/{self.unit}{accuracy} ({seconds:.1f} s)")
         if self.run is not None:
             world = self.cluster.world if self.cluster is not None else 1
             self.run.save_epoch(self.vae, self.optim, {
@@ -374,6 +379,8 @@ class TrainingPlan:
         if self.cluster is not None:  # the same orders on every rank
             generator = torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch)
         batch = self.config.train.batch_size
+        if self.cluster is not None:  # a global batch that splits over the processes
+            distributed.check_batch(batch, self.cluster)
         sizes = [min(batch, rows.numel() - rows.numel() % world) for rows, _ in self.streams]
         if min(sizes) < world:
             raise ConfigError(f"fewer labelled or unlabelled images than the {world} processes; "
@@ -468,6 +475,8 @@ class TrainingPlan:
         # caught below, so later steps skip those checks.
         try:
             loss = self.step(batch, weight, y, validate=step == 0)
+        except PyroVAEError:  # a ValueError too, but the user's to fix, not a divergence
+            raise
         except ValueError as err:  # Pyro's validation: a parameter left its support
             raise self._diverged(epoch.number, step, str(err).splitlines()[0]) from None
         reason = None
@@ -532,7 +541,8 @@ class TrainingPlan:
                                run_dir / "samples.png")
         shown = as_float(self.data.test_rows[:NUM_RECONSTRUCTIONS]).to(self.device)
         seen = (as_float(self.test_x[:NUM_RECONSTRUCTIONS]) if self.config.binarizes else None)
-        y = None if self.test_y is None or vae.semi_supervised else self.test_y[:NUM_RECONSTRUCTIONS]
+        y = (None if self.test_y is None or vae.semi_supervised
+             else self.test_y[:NUM_RECONSTRUCTIONS])
         grid, per_row = pictures.reconstructions(vae, shown, seen, NUM_RECONSTRUCTIONS, y=y)
         pictures.save_grid(vae, grid, shape, run_dir / "reconstructions.png", nrow=per_row)
 
@@ -591,11 +601,11 @@ def fit(
         ``(model, metrics)``: the trained :class:`VAE` in eval mode and a list of dicts with
         the keys :data:`METRIC_COLUMNS` (losses in nats per image). ``train_neg_elbo`` is the
         training objective's value (the negative IWAE bound for ``elbo="iwae"``, the weighted
-        objective under ``beta`` and warm-up; for the semi-supervised model −U(x) of the
+        objective under ``beta`` and warm-up; for the semi-supervised model U(x) of the
         unlabelled images and, for the labelled ones, their −ELBO plus −α·log q(y|x), over
         every row a step took, labelled rows counted as often as they are cycled through);
-        ``test_neg_elbo`` is always the plain single-sample −ELBO (of the class-summed bound
-        U(x) for the semi-supervised model), so runs with different objectives compare.
+        ``test_neg_elbo`` is always the plain single-sample −ELBO (U(x) of the class summed
+        out, for the semi-supervised model), so runs with different objectives compare.
 
     Raises
     ------
