@@ -86,10 +86,19 @@ def _train(x, y, rows, seed, network, epochs, patience=None, valid=None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", nargs="+", default=["100", "600", "1000", "3000", "all"])
-    parser.add_argument("--seeds", type=int, default=5, help="Seeds 1 … S (label draws).")
+    parser.add_argument("--seeds", type=int, default=5, help="S seeds (label draws).")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="The first seed: seeds F … F+S−1 (to add draws to a run).")
     parser.add_argument("--epochs", type=int, default=10, help="M2's training epochs.")
     parser.add_argument("--json", help="Write every run's figures to this file.")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="Train nothing: print the table of the runs in these --json files.")
     args = parser.parse_args()
+    if args.table:
+        runs = [run for path in args.table for run in json.load(open(path))]
+        labels = list(dict.fromkeys(run["labels"] for run in runs))
+        _print_table(runs, labels)
+        return
     data = load_data(Config())
     config = Config(labelled="all").for_data(data.data_shape, data.train_rows.shape[0])
     arch = config.model.arch.build()
@@ -99,7 +108,7 @@ def main() -> None:
 
     runs = []
     for count in args.labels:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             keep = None if count == "all" else int(count)
             labels = hide_labels(data, keep, seed, 10).train_labels
             started = time.perf_counter()
@@ -121,8 +130,12 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=1)
+    _print_table(runs, args.labels)
+
+
+def _print_table(runs: list[dict], labels: list[str]) -> None:
     print("\n| labels | M2 | baseline | M2 − baseline | runs |\n|---|---|---|---|---|")
-    for count in args.labels:
+    for count in labels:
         mine = [r for r in runs if r["labels"] == count]
         m2, base = [r["m2"] for r in mine], [r["baseline"] for r in mine]
         gap = [a - b for a, b in zip(m2, base)]
