@@ -340,7 +340,8 @@ class DataConfig:
     labelled: str | None = option(
         str, None, "The semi-supervised M2 model (Kingma et al. 2014): keep N training labels, "
         "as many of each class (drawn with --seed), and treat the other images as unlabelled, "
-        "their class a latent site summed out exactly; all keeps every label.", _labelled,
+        "their class a latent site summed out exactly; all keeps every label (a training label "
+        "of -1 marks an image without one).", _labelled,
         metavar="N|all")
     stream: bool | None = option(
         bool, None, ".npy files: leave the training rows in the file and read them batch by "

@@ -409,6 +409,45 @@ def test_diagnose_checks_the_continuous_latent_given_the_class(m2_run, tmp_path)
     assert "Checked given the class y" in (tmp_path / "d" / "report.md").read_text()
 
 
+def _partly_labelled(npz) -> dict:
+    """The arrays of ``npz`` with the second half of the training labels −1: no label."""
+    arrays = dict(npz)
+    arrays["y_train"] = arrays["y_train"].copy()
+    arrays["y_train"][arrays["y_train"].shape[0] // 2 :] = -1
+    return arrays
+
+
+def test_m2_trains_on_partly_labelled_data(fmnist_npz, tmp_path, monkeypatch):
+    # A user's .npz whose y_train holds −1 for the images without a label: --labelled all uses
+    # every label there is, --labelled N draws N of them; the rest are summed out.
+    from pyro_vae.training import plan
+
+    path = tmp_path / "partly.npz"
+    arrays = _partly_labelled(np.load(fmnist_npz))
+    np.savez(path, **arrays)
+    streams = []
+    real = plan.TrainingPlan._streams
+
+    def spy(self):
+        found = real(self)
+        streams.append({labelled: rows.numel() for rows, labelled in found})
+        return found
+
+    monkeypatch.setattr(plan.TrainingPlan, "_streams", spy)
+    for labelled, kept in (("all", 1000), (200, 200)):
+        result = cli("fit", "--dataset", path, "--labelled", labelled, "--epochs", 1, *SMALL,
+                     "--out", tmp_path / str(labelled))
+        assert result.exit_code == 0, result.output
+        assert "test accuracy" in result.output
+        assert streams[-1] == {True: kept, False: 2000 - kept}
+    from pyro_vae.io.data import hide_labels, load_data
+
+    data = load_data(Config(dataset=str(path), labelled="200"))
+    shown = hide_labels(data, 200, 0, 10).train_labels
+    assert int((shown >= 0).sum()) == 200 and bool((shown[1000:] == -1).all())
+    assert bool((shown[shown >= 0] == data.train_labels[shown >= 0]).all())
+
+
 @pytest.mark.parametrize("case, args, message", [
     ("no-labels", ["--condition", "label"], "needs class labels"),
     ("no-labels", ["--labelled", 100], "needs class labels"),
@@ -418,6 +457,11 @@ def test_diagnose_checks_the_continuous_latent_given_the_class(m2_run, tmp_path)
     ("no-test-labels", ["--condition", "label"], "needs the test images' labels too"),
     ("no-test-labels", ["--labelled", 100], "needs the test images' labels too"),
     ("negative", ["--labelled", 100], "outside the classes"),
+    ("negative", ["--condition", "label"], "outside the classes"),
+    ("partly", ["--condition", "label"], "--labelled all sums their class out"),
+    ("none-labelled", ["--labelled", "all"], "every training label"),
+    ("test-unlabelled", ["--labelled", 100], "need every label"),
+    ("partly", ["--labelled", 1500], "more than the 1000 training labels"),
     ("npz", ["--condition", "age"], "not a .csv or .parquet table"),
     ("npz", ["--labelled", 100, "--elbo", "meanfield"], "use --elbo trace"),
     ("npz", ["--classifier-weight", 3], "with --labelled N"),
@@ -434,17 +478,28 @@ def test_bad_labels_are_refused_in_one_line_and_nothing_is_written(case, args, m
         "test-label-10": tmp_path / "t10.npz",
         "negative": tmp_path / "neg.npz",
         "no-test-labels": tmp_path / "nt.npz",
+        "none-labelled": tmp_path / "none.npz",
+        "test-unlabelled": tmp_path / "tu.npz",
+        "partly": tmp_path / "partly.npz",
         "table": tmp_path / "t.csv",
         "table-missing": tmp_path / "tm.csv",
     }[case]
     if case == "no-labels":
         np.save(dataset, x["x_train"])
-    elif case in ("test-label-10", "negative", "no-test-labels"):
+    elif case == "partly":
+        np.savez(dataset, **_partly_labelled(x))
+    elif case in ("test-label-10", "negative", "no-test-labels", "none-labelled",
+                  "test-unlabelled"):
         arrays = dict(x)
         if case == "no-test-labels":
             del arrays["y_test"]
-        elif case == "negative":
-            arrays["y_train"] = arrays["y_train"] - 1
+        elif case == "negative":  # −1 would mark images without a label: −2 is no class
+            arrays["y_train"] = arrays["y_train"] - 2
+        elif case == "none-labelled":
+            arrays["y_train"] = np.full_like(arrays["y_train"], -1)
+        elif case == "test-unlabelled":
+            arrays["y_test"] = arrays["y_test"].copy()
+            arrays["y_test"][:5] = -1
         else:
             arrays["y_test"] = arrays["y_test"].copy()
             arrays["y_test"][0] = 10

@@ -78,8 +78,8 @@ class Data:
         (N, C) and (M, C) float32 covariates of a model conditioned on table columns
         (:func:`split_covariates`), taken out of the rows.
 
-    The training labels of a semi-supervised run hold −1 for the images whose label is hidden
-    (:func:`hide_labels`).
+    The training labels of a semi-supervised run hold −1 for the images without a label: as
+    the data came, or hidden by :func:`hide_labels`.
     """
 
     def __init__(self, train, test, data_shape: tuple[int, ...],
@@ -307,8 +307,8 @@ def split_covariates(data: Data, names: tuple[str, ...]) -> Data:
         finite = torch.isfinite(as_float(rows[:, taken])).all(0)
         if not bool(finite.all()):
             name = names[int((~finite).nonzero()[0])]
-            raise DataError(f"{data.source}: the covariate column {name!r} holds infinite "
-                            "values; fix or drop those rows")
+            raise DataError(f"{data.source}: the covariate column {name!r} holds NaN or "
+                            "infinite values; fix or drop those rows")
     return data.replace(
         train=data.train_rows[:, kept], test=data.test_rows[:, kept], data_shape=(len(kept),),
         train_covariates=data.train_rows[:, taken], test_covariates=data.test_rows[:, taken])
@@ -325,7 +325,9 @@ def num_classes(data: Data) -> int:
 def check_labels(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if a model conditioned on the class label cannot read the
     labels of ``data``: none for the training images or for the test images, a negative
-    label, fewer than two classes, or test labels outside the training classes 0 … K−1."""
+    label, fewer than two classes, or test labels outside the training classes 0 … K−1. For
+    the semi-supervised model (``--labelled``) a training label of −1 marks an image without
+    one (at least one image must have a label)."""
     if config.model.condition != "label":
         return
     model = "--labelled" if config.model.semi_supervised else "--condition label"
@@ -343,14 +345,29 @@ def check_labels(data: Data, config: Config) -> None:
         if labels is not None and labels.dtype != torch.int64:
             raise DataError(f"the labels of {data.source or 'the data'} are {labels.dtype}; "
                             "give int64 class numbers 0 … K−1")
+    semi = config.model.semi_supervised  # −1 marks a training image without a label
+    if semi and data.train_labels.numel() and not bool((data.train_labels != -1).any()):
+        raise DataError(f"--labelled needs some labels, and every training label of "
+                        f"{data.source or 'the data'} is −1 (none); label some images")
     k = config.model.num_classes or num_classes(data)
     for labels, split in ((data.train_labels, "training"), (data.test_labels, "test")):
+        if semi and split == "training" and labels is not None:
+            labels = labels[labels != -1]
         if labels is None or not labels.numel():
             continue
         low, high = int(labels.min()), int(labels.max())
+        if semi and split == "test" and low == -1:
+            raise DataError(f"the test images of {data.source} need every label, for the test "
+                            "accuracy, and some are −1 (none); give x_test and y_test with "
+                            "every test image labelled")
         if low < 0 or high >= k:
+            unknown = " (−1 marks a training image without a label)" if semi else ""
+            if not semi and split == "training" and low == -1:
+                unknown = ("; for images without a label (−1), --labelled all sums their class "
+                           "out")
             raise DataError(f"the {split} labels of {data.source} run from {low} to {high}, "
-                            f"outside the classes 0 to {k - 1}; number the classes 0 … K−1")
+                            f"outside the classes 0 to {k - 1}; number the classes 0 … "
+                            f"K−1{unknown}")
     if k < 2:
         raise DataError(f"{model} needs at least two classes; {data.source} has {k}")
 
@@ -358,8 +375,9 @@ def check_labels(data: Data, config: Config) -> None:
 def hide_labels(data: Data, keep: int | None, seed: int, classes: int) -> Data:
     """The training labels of ``data`` with all but ``keep`` of them hidden (set to −1): as
     many of each of the ``classes`` classes (the first ``keep`` mod K classes one more), drawn
-    with a generator seeded by ``seed``; ``keep`` None keeps them all. The labels must lie in
-    0 … K−1 already (:func:`check_labels`).
+    with a generator seeded by ``seed`` from the images that have a label (those already −1
+    stay so); ``keep`` None keeps them all. The labels must lie in 0 … K−1, or be −1, already
+    (:func:`check_labels`).
 
     Raises
     ------
@@ -373,8 +391,9 @@ def hide_labels(data: Data, keep: int | None, seed: int, classes: int) -> Data:
     if keep < classes:
         raise DataError(f"--labelled {keep} is fewer than the {classes} classes; keep at least "
                         "one label of each class")
-    if keep > labels.shape[0]:
-        raise DataError(f"--labelled {keep} is more than the {labels.shape[0]} training labels; "
+    known = int((labels >= 0).sum())
+    if keep > known:
+        raise DataError(f"--labelled {keep} is more than the {known} training labels; "
                         "give at most that, or --labelled all")
     generator = torch.Generator().manual_seed(seed)
     kept = []
