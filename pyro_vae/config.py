@@ -400,7 +400,8 @@ class TrainConfig:
     """The objective, its schedule, and how the run trains."""
 
     elbo: str = option(str, "trace", "trace (Trace_ELBO), meanfield (analytic KL where known), "
-                       "iwae (IWAE bound, RenyiELBO α=0).", choices=OBJECTIVES.names)
+                       "iwae (IWAE bound, RenyiELBO α=0), iwae-dreg (IWAE bound, doubly-reparameterised "
+                       "gradient).", choices=OBJECTIVES.names)
     particles: int = option(int, 1, "Samples of z per image: R of the Monte Carlo ELBO, K ≥ 2 of "
                             "the IWAE bound.", positive_int)
     beta: float = option(float, 1.0, "Weight of the KL term (β-VAE).", positive)
@@ -586,6 +587,11 @@ class Config:
                 f"--elbo {train.elbo} needs a guide with a density to importance-sample from, "
                 f"and a point mass (--guide {family.name}) has none; use --guide "
                 f"{_names(FAMILIES, 'has_density')}, or --elbo trace")
+        if family is not None and objective.needs_gaussian_guide and not family.gaussian:
+            raise ConfigError(
+                f"--elbo {train.elbo} stops the gradient through q's parameters, which it can "
+                f"for a diagonal Gaussian guide, not --guide {family.name}; use --guide "
+                f"{_names(FAMILIES, 'gaussian')}, or --elbo iwae")
         model.check()
         least, why = objective.min_particles
         if train.particles < least:
