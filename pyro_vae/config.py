@@ -98,6 +98,13 @@ def _labelled(value: Any) -> str | None:
     return "must be a positive number of labels to keep, or all"
 
 
+def _kl_schedule(spec: Any) -> str | None:
+    from .training.schedules import parse_kl_schedule
+
+    parse_kl_schedule(spec)  # raises its own one-line ConfigError
+    return None
+
+
 def _corruption(spec: Any) -> str | None:
     parse_corruption(spec)  # raises its own one-line ConfigError
     return None
@@ -407,6 +414,14 @@ class TrainConfig:
     beta: float = option(float, 1.0, "Weight of the KL term (β-VAE).", positive)
     kl_warmup: int = option(int, 0, "Epochs over which the KL weight rises linearly from 0 to "
                             "β.", _count_of("epochs"))
+    kl_schedule: str | None = option(
+        str, None, "Cyclical KL annealing (Fu et al. 2019): M cycles over the run's steps, the "
+        "KL weight rising linearly from 0 to β over the first share R of each cycle, then β.",
+        _kl_schedule, metavar="cyclical:M,R")
+    free_bits: float = option(
+        float, 0.0, "Free bits λ (Kingma et al. 2016): each latent dimension's KL term, "
+        "averaged over the batch, counts as at least λ nats, so the objective stops pushing "
+        "it below λ.", _non_negative, metavar="LAMBDA")
     corrupt: str | None = option(
         str, None, "Denoising: feed the guide a corrupted x̃ (Gaussian noise, or each pixel "
         "zeroed with probability p, on what the encoder reads) while the likelihood scores the "
@@ -605,12 +620,40 @@ class Config:
                 f"--beta and --kl-warmup reweight the KL term of the ELBO, which --elbo "
                 f"{train.elbo} does not have; use them with --elbo "
                 f"{_names(OBJECTIVES, 'has_kl_term')}")
+        self._check_kl_options()
         if self.data.binarize is not None and not model.likelihood.cls.binary:
             raise ConfigError(
                 f"--binarize applies to the {_names(LIKELIHOODS, 'binary')} likelihood only, not "
                 f"{model.likelihood.name!r}; drop --binarize or use --likelihood "
                 f"{_names(LIKELIHOODS, 'binary')}")
         self._check_labels()
+
+    def _check_kl_options(self) -> None:
+        """The rules of the KL schedule and free bits."""
+        model, train = self.model, self.train
+        objective = OBJECTIVES[train.elbo]
+        given = [flag for flag, value in (("--kl-schedule", train.kl_schedule),
+                                          ("--free-bits", train.free_bits)) if value]
+        if given and not objective.has_kl_term:
+            raise ConfigError(
+                f"{' and '.join(given)} act on the KL term of the ELBO, which --elbo "
+                f"{train.elbo} does not have; use --elbo {_names(OBJECTIVES, 'has_kl_term')}")
+        if train.kl_schedule is not None and train.kl_warmup:
+            raise ConfigError("--kl-schedule and --kl-warmup both set the KL weight; give one "
+                              "(a warm-up is cyclical:1,R with R = warm-up epochs / epochs)")
+        if not train.free_bits:
+            return
+        family = model.guide.cls if model.guide is not None else None
+        prior = model.prior.cls if model.prior is not None else None
+        if (family is not None and not family.gaussian) or (prior is not None and
+                                                            not prior.factorised):
+            raise ConfigError(
+                "--free-bits splits the KL term into one per latent dimension, which needs a "
+                f"diagonal Gaussian guide (--guide {_names(FAMILIES, 'gaussian')}) and a prior "
+                f"that factorises (--prior {_names(PRIORS, 'factorised')})")
+        if model.semi_supervised:
+            raise ConfigError("--free-bits is not defined where the class is summed out "
+                              "(--labelled); drop one")
 
     def _check_labels(self) -> None:
         """The rules of conditional and semi-supervised models."""

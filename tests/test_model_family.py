@@ -17,7 +17,7 @@ from pyro_vae.registry import LIKELIHOODS
 from pyro_vae.parts.objectives import build_elbo
 from pyro_vae.registry import PRIORS
 
-PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3}
+PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3, "iwae-dreg": 3}
 
 
 def _config(prior, likelihood, guide, elbo, **extra):
@@ -78,8 +78,10 @@ def test_svi_step_on_fashion_mnist(prior, likelihood, guide, elbo, batches):
 def test_the_refused_combinations_are_exactly_the_senseless_ones():
     reasons = {}
     for (prior, likelihood, guide, elbo), message in REFUSED:
-        if elbo == "iwae" and guide == "delta":
-            reasons.setdefault("iwae-delta", set()).add(message)
+        if elbo in ("iwae", "iwae-dreg") and guide == "delta":
+            reasons.setdefault(f"{elbo}-delta", set()).add(message)
+        elif elbo == "iwae-dreg" and guide == "iaf":  # a flow's parameters cannot be stopped
+            reasons.setdefault("dreg-iaf", set()).add(message)
         elif prior == "none":
             assert guide != "delta"
             reasons.setdefault("flat-prior", set()).add(message)
@@ -90,9 +92,10 @@ def test_the_refused_combinations_are_exactly_the_senseless_ones():
             reasons.setdefault(f"delta-{prior}", set()).add(message)
         else:
             pytest.fail(f"unexpected refusal of {(prior, likelihood, guide, elbo)}: {message}")
-    assert set(reasons) == {"iwae-delta", "flat-prior", "vamp", "delta-mog", "delta-flow"}
+    assert set(reasons) == {"iwae-delta", "iwae-dreg-delta", "dreg-iaf", "flat-prior", "vamp",
+                            "delta-mog", "delta-flow"}
     assert all(len(m) == 1 for m in reasons.values()), "one clear reason per kind of refusal"
-    assert len(ALLOWED) == 410  # 41 for each of the 10 likelihoods
+    assert len(ALLOWED) == 470  # 47 for each of the 10 likelihoods
 
 
 @pytest.mark.parametrize(

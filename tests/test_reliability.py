@@ -55,7 +55,7 @@ def test_skip_nonfinite_tolerates_n_bad_batches_and_stops_at_the_next(fmnist_sma
     poison_gradients(monkeypatch, {22, 25})
     _, rows = fit(data=fmnist_small, epochs=2, skip_nonfinite=2, **SMALL)
     assert all(torch.isfinite(torch.tensor(r["train_neg_elbo"])) for r in rows)
-    assert capsys.readouterr().out.count("a gradient is not finite; batch skipped") == 2
+    assert capsys.readouterr().err.count("a gradient is not finite; batch skipped") == 2
 
     poison_gradients(monkeypatch, {22, 25})
     run = tmp_path / "run"

@@ -33,7 +33,8 @@ class Family(Part, nn.Module):
     has_density: bool = True
     #: q(z|x) is a point mass: the deterministic autoencoder.
     point_mass: bool = False
-    #: q(z|x) = N(loc, diag scale²) exactly as :meth:`location` gives it.
+    #: q(z|x) = N(loc, diag scale²) exactly as :meth:`location` gives it (so it factorises
+    #: over the latent dimensions, and its parameters can be stopped: ``--elbo iwae-dreg``).
     gaussian: bool = False
     #: E_q[z|x] is the location (else it is estimated from samples).
     exact_mean: bool = True

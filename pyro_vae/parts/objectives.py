@@ -17,6 +17,11 @@ the objective's enumerated form, where it has one: ``trace`` becomes ``TraceEnum
 sums the site out exactly over its values in parallel instead of sampling it (Kingma et al.
 2014, eq. 7; the guide marks the site ``infer={"enumerate": "parallel"}``).
 
+Free bits (``--free-bits λ``; Kingma et al. 2016, §C.8 "free bits"): ``trace`` and
+``meanfield`` become :class:`FreeBitsTrace_ELBO` and :class:`FreeBitsTraceMeanField_ELBO`, the
+same estimators with each latent dimension's KL term, averaged over the batch, counted as at
+least λ nats.
+
 Compiled objective: ``build_elbo(config, jit=True)`` gives Pyro's ``JitTrace_ELBO``, which
 traces the model, the guide and the loss once with ``torch.jit.trace`` and then replays the
 recorded graph, without Pyro's per-step Python work. The loss is still Pyro's ELBO of the same
@@ -229,6 +234,91 @@ def stopped(fn: dist.Distribution, name: str = "z") -> dist.Distribution:
     return type(fn)(**{k: v.detach() for k, v in params.items()}, validate_args=False)
 
 
+class FreeBits:
+    """Mixin for ``Trace_ELBO`` and ``TraceMeanField_ELBO``: the free-bits objective of
+    Kingma et al. (2016, appendix C.8),
+
+        L_λ = Σ_n E_q[log p(x_n|z_n)] − B Σ_j max(λ, KL̄_j),   KL̄_j = (1/B) Σ_n KL_nj,
+
+    for a batch of B data points, KL_nj the KL term of latent dimension j of data point n as
+    the estimator has it (log q(z_j|x) − log p(z_j) at the sampled z for ``Trace_ELBO``, the
+    closed form for ``TraceMeanField_ELBO``). It is the ELBO minus the shortfall
+    B Σ_j max(0, λ − KL̄_j) (:func:`free_bits_shortfall`), so a dimension whose mean KL is
+    below λ gets no gradient from its KL term, and the ELBO's value where every KL̄_j ≥ λ.
+    ``loss`` is −L_λ in nats summed over the batch (and ``kl_weight``-scaled with the z sites).
+    Each latent site must factorise over its last dimension in the guide and the prior
+    (``Independent`` over a distribution with one factor per dimension).
+    """
+
+    def __init__(self, free_bits: float, **kwargs):
+        super().__init__(**kwargs)
+        self.free_bits = free_bits
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        shortfall = free_bits_shortfall(model_trace, guide_trace, self.free_bits,
+                                        analytic=isinstance(self, TraceMeanField_ELBO))
+        return loss + float(shortfall.detach()), surrogate + shortfall
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+class FreeBitsTrace_ELBO(FreeBits, Trace_ELBO):
+    """``Trace_ELBO`` with free bits (:class:`FreeBits`)."""
+
+
+class FreeBitsTraceMeanField_ELBO(FreeBits, TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` with free bits (:class:`FreeBits`)."""
+
+
+def free_bits_shortfall(model_trace, guide_trace, free_bits: float,
+                        analytic: bool = False) -> torch.Tensor:
+    """B Σ_j max(0, λ − KL̄_j) over the latent sites of a guide trace and its model trace: a
+    0-d tensor, scaled as the site is (the KL weight), summed over vectorised particles.
+
+    KL_nj per data point and dimension is log q(z_j|x) − log p(z_j) at the sampled value,
+    or, with ``analytic``, the closed form where torch has one; z has shape (…, B, z_dim),
+    the batch its second-to-last dimension.
+
+    Raises
+    ------
+    ConfigError
+        For a site that does not factorise over its last dimension in the guide or the prior.
+    """
+    total = torch.zeros(())
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or name not in model_trace.nodes:
+            continue
+        prior = model_trace.nodes[name]
+        q, p = _factors(site["fn"], name, "guide"), _factors(prior["fn"], name, "prior")
+        kl = None
+        if analytic:
+            try:
+                kl = kl_divergence(q, p)
+            except NotImplementedError:
+                pass
+        if kl is None:
+            kl = q.log_prob(site["value"]) - p.log_prob(site["value"])
+        kl = kl.expand(site["value"].shape)
+        mean = kl.mean(-2)  # KL̄_j: (…, z_dim)
+        total = total.to(kl.device) + prior["scale"] * kl.shape[-2] * torch.relu(
+            free_bits - mean).sum()
+    return total
+
+
+def _factors(fn, name: str, where: str):
+    """The per-dimension distribution of a latent site that factorises over its last
+    dimension: the base of ``Independent(…, 1)``."""
+    if isinstance(fn, dist.Independent) and fn.reinterpreted_batch_ndims == 1 and not isinstance(
+            fn.base_dist, (dist.Independent, dist.TransformedDistribution)):
+        return fn.base_dist
+    raise ConfigError(f"--free-bits needs site {name!r} to factorise over its dimensions, and "
+                      f"its {where} is {type(fn).__name__}; use a diagonal Gaussian guide and a "
+                      "normal, laplace or studentt prior")
+
+
 def jit_unsupported(config) -> str | None:
     """Why the training objective of ``config`` (a :class:`~pyro_vae.config.Config`) cannot be
     compiled here, or None when it can.
@@ -243,6 +333,8 @@ def jit_unsupported(config) -> str | None:
     form = objective.compiled_enumerated() if config.model.semi_supervised else objective.compiled()
     if form is None:
         return f"only --elbo trace is compiled, not --elbo {config.train.elbo}"
+    if config.train.free_bits:
+        return "--free-bits has no compiled form (Pyro's JitTrace_ELBO is Trace_ELBO's)"
     if config.train.contractive:
         return "the --contractive penalty's Jacobian (torch.func) cannot be traced"
     return None
@@ -274,7 +366,14 @@ def build_elbo(config, jit: bool = False) -> ELBO:
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
         return (objective.compiled_enumerated if enumerated else objective.compiled)(**kwargs)
-    return (objective.enumerated if enumerated else objective.estimator)(**kwargs)
+    elbo = (objective.enumerated if enumerated else objective.estimator)(**kwargs)
+    if config.train.free_bits:
+        free = {Trace_ELBO: FreeBitsTrace_ELBO, TraceMeanField_ELBO: FreeBitsTraceMeanField_ELBO}
+        if type(elbo) not in free:  # pragma: no cover - Config refuses these
+            raise ConfigError(f"--free-bits works with --elbo trace or meanfield, not "
+                              f"{config.train.elbo}")
+        elbo = free[type(elbo)](config.train.free_bits, **kwargs)
+    return elbo
 
 
 @torch.no_grad()

@@ -39,6 +39,9 @@ class Prior(Part, nn.Module):
     needs_encoder: bool = False
     #: (smallest z_dim, why): a prior that needs a few latent dimensions.
     min_z_dim: tuple[int, str] = (1, "")
+    #: p(z) = ∏ᵢ p(zᵢ), an ``Independent`` over one distribution per dimension, so a KL
+    #: term splits into one per latent dimension (``--free-bits``).
+    factorised: bool = False
 
     def __init__(self, z_dim: int, input_dim: int | None = None):
         super().__init__()
@@ -60,6 +63,7 @@ class StandardNormalPrior(Prior):
     """
 
     summary = "N(0, I)"
+    factorised = True
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Normal(self._zeros, self._ones).to_event(1)
@@ -82,6 +86,7 @@ class LaplacePrior(Prior):
     """
 
     summary = "sparsity prior"
+    factorised = True
     scale = Option(float, 1.0, "Scale b of the laplace prior (λ = 1/b).", positive,
                    flag="prior-scale")
 
@@ -108,6 +113,7 @@ class StudentTPrior(Prior):
     """
 
     summary = "heavy tails"
+    factorised = True
     df = Option(float, 3.0, "Degrees of freedom ν of the studentt prior.", positive,
                 flag="prior-df")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +40,7 @@ from ..parts.objectives import jit_unsupported, sampled_kl_sites
 from ..registry import OBJECTIVES
 from . import distributed
 from .optim import JointOptim
+from .schedules import kl_weight, scheduled
 from .signals import StopRequest, stop_on_signals
 from .step import DistributedStep, TrainingStep, regularisers
 
@@ -89,19 +91,6 @@ def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
         total += elbo.loss(vae.model, vae.guide, batch, *given)
     vae.train(was_training)
     return total / x.shape[0]
-
-
-def kl_weight(config: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """β, or during the first ``kl_warmup`` epochs β·t/T rising linearly per step.
-
-    KL annealing of Bowman et al. (2016, §3.1) and Sønderby et al. (2016, §2.4). ``epoch``
-    counts from 1, ``step`` from 0.
-    """
-    train = config.train
-    if train.kl_warmup == 0:
-        return train.beta
-    progress = ((epoch - 1) * steps_per_epoch + step + 1) / (train.kl_warmup * steps_per_epoch)
-    return train.beta * min(1.0, progress)
 
 
 class RunWriter:
@@ -298,7 +287,13 @@ class TrainingPlan:
         if self.cluster is not None:
             total, seen = (distributed.all_sum(v, self.device) for v in (total, seen))
         seconds = time.perf_counter() - epoch.started
-        self.rows.append(self._metrics(number, seconds, total / seen))
+        try:
+            row = self._metrics(number, seconds, total / seen)
+        except PyroVAEError:
+            raise
+        except ValueError as err:  # Pyro's validation: the trained parameters left the support
+            raise self._diverged(number, None, str(err).splitlines()[0]) from None
+        self.rows.append(row)
         if self.progress:
             row = self.rows[-1]
             accuracy = (f", test accuracy {row['test_accuracy']:.1%}" if "test_accuracy" in row
@@ -459,8 +454,7 @@ class TrainingPlan:
     def kl_weight(self, epoch: int, step: int, steps: int, device) -> torch.Tensor | None:
         """The KL weight of this step as a 0-d tensor (an argument of the model and guide, so
         the compiled objective follows the schedule), or None when it is always 1."""
-        train = self.config.train
-        if train.beta == 1.0 and train.kl_warmup == 0:
+        if not scheduled(self.config):
             return None
         return torch.tensor(kl_weight(self.config, epoch, step, steps), device=device)
 
@@ -493,7 +487,7 @@ class TrainingPlan:
         if self.skipped > allowed:
             raise self._diverged(epoch.number, step, reason)
         tqdm.write(f"epoch {epoch.number}, step {step + 1}: {reason}; batch skipped "
-                   f"({self.skipped} of --skip-nonfinite {allowed})")
+                   f"({self.skipped} of --skip-nonfinite {allowed})", file=sys.stderr)
         return None
 
     def _between_steps(self, epoch: _Epoch) -> None:
@@ -515,8 +509,9 @@ class TrainingPlan:
             "epoch": epoch.number - 1, "rows": self.rows, "partial": partial,
             "skipped": self.skipped}, epoch.start_rng)
 
-    def _diverged(self, epoch: int, step: int, reason: str) -> TrainingError:
-        """The one-line message of a stop on a non-finite loss or gradient."""
+    def _diverged(self, epoch: int, step: int | None, reason: str) -> TrainingError:
+        """The one-line message of a stop on a non-finite loss or gradient (``step`` None:
+        on scoring the test set after the epoch's steps)."""
         run_dir = self.run.dir if self.run is not None else None
         if run_dir is not None and self.rows:
             saved = f"the checkpoint of epoch {self.rows[-1]['epoch']} in {run_dir} is intact"
@@ -526,8 +521,9 @@ class TrainingPlan:
             saved = "no epoch had finished, so nothing was saved"
         skip = ("" if self.config.train.skip_nonfinite
                 else ", or skip a few such batches with --skip-nonfinite N")
+        where = f"step {step + 1}" if step is not None else "scoring the test set"
         return TrainingError(
-            f"training diverged at epoch {epoch}, step {step + 1} ({reason}); lower --lr, add "
+            f"training diverged at epoch {epoch}, {where} ({reason}); lower --lr, add "
             f"--clip-norm, or check the likelihood's scale{skip}; {saved}")
 
     def save_pictures(self, run_dir: Path) -> None:
