@@ -408,10 +408,11 @@ class TrainConfig:
 
     elbo: str = option(str, "trace", "trace (Trace_ELBO), meanfield (analytic KL where known), "
                        "iwae (IWAE bound, RenyiELBO α=0), iwae-dreg (IWAE bound, doubly-reparameterised "
-                       "gradient).", choices=OBJECTIVES.names)
+                       "gradient), tc (β-TCVAE: --beta weighs the total correlation).", choices=OBJECTIVES.names)
     particles: int = option(int, 1, "Samples of z per image: R of the Monte Carlo ELBO, K ≥ 2 of "
                             "the IWAE bound.", positive_int)
-    beta: float = option(float, 1.0, "Weight of the KL term (β-VAE).", positive)
+    beta: float = option(float, 1.0, "Weight of the KL term (β-VAE); with --elbo tc, of the "
+                         "total correlation alone (β-TCVAE).", positive)
     kl_warmup: int = option(int, 0, "Epochs over which the KL weight rises linearly from 0 to "
                             "β.", _count_of("epochs"))
     kl_schedule: str | None = option(
@@ -604,10 +605,15 @@ class Config:
                 f"{_names(FAMILIES, 'has_density')}, or --elbo trace")
         if family is not None and objective.needs_gaussian_guide and not family.gaussian:
             raise ConfigError(
-                f"--elbo {train.elbo} stops the gradient through q's parameters, which it can "
-                f"for a diagonal Gaussian guide, not --guide {family.name}; use --guide "
-                f"{_names(FAMILIES, 'gaussian')}, or --elbo iwae")
+                f"--elbo {train.elbo} {objective.gaussian_reason} for a diagonal Gaussian "
+                f"guide, not --guide {family.name}; use --guide "
+                f"{_names(FAMILIES, 'gaussian')}, or --elbo {objective.fallback}")
         model.check()
+        prior = model.prior.cls if model.prior is not None else None
+        if prior is not None and objective.needs_factorised_prior and not prior.factorised:
+            raise ConfigError(
+                f"--elbo {train.elbo} splits the KL term into one per latent dimension, which "
+                f"needs a prior that factorises; use --prior {_names(PRIORS, 'factorised')}")
         least, why = objective.min_particles
         if train.particles < least:
             raise ConfigError(f"--elbo {train.elbo} {why}; give --particles K ≥ {least} (e.g. 5) "
@@ -643,6 +649,9 @@ class Config:
                               "(a warm-up is cyclical:1,R with R = warm-up epochs / epochs)")
         if not train.free_bits:
             return
+        if objective.own_beta:
+            raise ConfigError(f"--free-bits and --elbo {train.elbo} both reshape the KL term; "
+                              "give one")
         family = model.guide.cls if model.guide is not None else None
         prior = model.prior.cls if model.prior is not None else None
         if (family is not None and not family.gaussian) or (prior is not None and

@@ -69,18 +69,19 @@ def test_dreg_value_is_the_iwae_bound_and_its_model_gradient_iwaes():
 
 # A linear Gaussian model: z ~ N(0, 1), x | z ~ N(a z, 1), so p(z|x) = N(a x/(1 + a²),
 # 1/(1 + a²)); the guide q(z|x) = N(m x, s²).
+# With x of shape (N, D) the same model in D independent dimensions, z an event of D.
 def linear_model(x):
     a = pyro.param("a", torch.tensor(1.0, dtype=torch.float64))
     with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
-        pyro.sample("x", dist.Normal(a * z, 1.0), obs=x)
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(x.dim() - 1))
+        pyro.sample("x", dist.Normal(a * z, 1.0).to_event(x.dim() - 1), obs=x)
 
 
 def linear_guide(x, m=0.5, s=math.sqrt(0.5)):
     loc = pyro.param("m", torch.tensor(m, dtype=torch.float64))
     log_scale = pyro.param("log_s", torch.tensor(math.log(s), dtype=torch.float64))
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(loc * x, log_scale.exp()))
+        pyro.sample("z", dist.Normal(loc * x, log_scale.exp()).to_event(x.dim() - 1))
 
 
 def _guide_grad(elbo, x, m, s, seed):
@@ -90,8 +91,8 @@ def _guide_grad(elbo, x, m, s, seed):
     return -torch.stack([grads["m"], grads["log_s"]]) / x.shape[0]
 
 
-def _elbos(k):
-    kwargs = dict(num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+def _elbos(k, vectorize=True):
+    kwargs = dict(num_particles=k, vectorize_particles=vectorize, max_plate_nesting=1)
     return DReGIWAE_ELBO(**kwargs), RenyiELBO(alpha=0.0, **kwargs)
 
 
@@ -103,20 +104,26 @@ def test_dreg_guide_gradient_is_exactly_zero_at_the_exact_posterior():
     assert _guide_grad(iwae, x, 0.5, math.sqrt(0.5), 0).abs().max() > 1e-3
 
 
-def test_dreg_guide_gradient_matches_finite_differences_of_the_expected_bound():
+@pytest.mark.parametrize("dims, vectorize", [(0, True), (2, True), (2, False)],
+                         ids=["scalar", "event-of-2", "event-of-2-unvectorised"])
+def test_dreg_guide_gradient_matches_finite_differences_of_the_expected_bound(dims, vectorize):
     k, m, s = 5, 0.2, 1.3  # a guide far from the posterior N(x/2, 1/2)
-    x = torch.linspace(-2, 2, 20, dtype=torch.float64).repeat(1000)  # 20,000 rows
+    values = torch.linspace(-2, 2, 20, dtype=torch.float64)
+    x = values.repeat(1000)  # 20,000 rows
+    if dims:  # the second dimension of each row another of the 20 values
+        x = torch.stack([x, x.flip(0)], -1)
 
     # E_ε[log (1/K) Σ_k w(m x + s ε_k)] over 200,000 draws of ε per x value, with common
     # random numbers, differentiated by central differences.
-    eps = torch.randn(k, 20, 200_000, generator=torch.Generator().manual_seed(0),
-                      dtype=torch.float64)
-    xs = torch.linspace(-2, 2, 20, dtype=torch.float64)[:, None]
+    xs = values[:, None, None] if not dims else torch.stack([values, values.flip(0)], -1)[
+        :, None, :]
+    eps = torch.randn(k, 20, 200_000 // max(1, dims), max(1, dims),
+                      generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def expected_bound(m, log_s):
         z = m * xs + math.exp(log_s) * eps
         log_w = (dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(xs)
-                 - dist.Normal(m * xs, math.exp(log_s)).log_prob(z))
+                 - dist.Normal(m * xs, math.exp(log_s)).log_prob(z)).sum(-1)
         return float((torch.logsumexp(log_w, 0) - math.log(k)).mean())
 
     h = 1e-4
@@ -124,7 +131,7 @@ def test_dreg_guide_gradient_matches_finite_differences_of_the_expected_bound():
         (expected_bound(m + h, math.log(s)) - expected_bound(m - h, math.log(s))) / (2 * h),
         (expected_bound(m, math.log(s) + h) - expected_bound(m, math.log(s) - h)) / (2 * h)],
         dtype=torch.float64)
-    for elbo in _elbos(k):
+    for elbo in _elbos(k, vectorize):
         estimates = torch.stack([_guide_grad(elbo, x, m, s, seed) for seed in range(10)])
         mean, error = estimates.mean(0), estimates.std(0) / math.sqrt(10)
         assert (mean - reference).abs().max() < 4 * error.max() + 2e-3, (type(elbo), mean,
@@ -182,6 +189,32 @@ def test_dreg_refuses_what_it_cannot_estimate(options, message):
     options = {"particles": 5, **options}
     with pytest.raises(ConfigError, match=message):
         Config(elbo="iwae-dreg", z_dim=4, data_shape=(20,), **options)
+
+
+def test_dreg_refuses_scaled_sites_and_several_latent_sites():
+    vae = tiny(elbo="iwae-dreg", particles=3)
+    x = torch.rand(4, 20).bernoulli()
+    with pytest.raises(ConfigError, match="holds only for an unscaled site"):
+        build_elbo(vae.run).loss_and_grads(vae.model, vae.guide, x, torch.tensor(0.5))
+    # A KL weight of exactly 1 (what training passes with labels) is no scale.
+    build_elbo(vae.run).loss_and_grads(vae.model, vae.guide, x, torch.tensor(1.0))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+            pyro.sample("b", dist.Normal(a, 1.0))
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Normal(loc.expand(x.shape[0]), 1.0))
+            pyro.sample("b", dist.Normal(a, 1.0))
+
+    for vectorize in (True, False):
+        with pytest.raises(ConfigError, match="one latent site in the guide, and a second "
+                                              "one, 'b'"):
+            DReGIWAE_ELBO(num_particles=2, vectorize_particles=vectorize,
+                          max_plate_nesting=1).loss_and_grads(model, guide, torch.zeros(3))
 
 
 def test_dreg_refuses_a_guide_of_your_own_without_parameters_to_stop():

@@ -17,7 +17,7 @@ from pyro_vae.registry import LIKELIHOODS
 from pyro_vae.parts.objectives import build_elbo
 from pyro_vae.registry import PRIORS
 
-PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3, "iwae-dreg": 3}
+PARTICLES = {"trace": 1, "meanfield": 2, "iwae": 3, "iwae-dreg": 3, "tc": 1}
 
 
 def _config(prior, likelihood, guide, elbo, **extra):
@@ -82,6 +82,10 @@ def test_the_refused_combinations_are_exactly_the_senseless_ones():
             reasons.setdefault(f"{elbo}-delta", set()).add(message)
         elif elbo == "iwae-dreg" and guide == "iaf":  # a flow's parameters cannot be stopped
             reasons.setdefault("dreg-iaf", set()).add(message)
+        elif elbo == "tc" and guide in ("iaf", "delta"):  # no per-dimension q(z_d|x)
+            reasons.setdefault(f"tc-{guide}", set()).add(message)
+        elif elbo == "tc" and prior in ("mog", "vamp", "flow"):  # no per-dimension p(z_d)
+            reasons.setdefault("tc-prior", set()).add(message)
         elif prior == "none":
             assert guide != "delta"
             reasons.setdefault("flat-prior", set()).add(message)
@@ -93,9 +97,9 @@ def test_the_refused_combinations_are_exactly_the_senseless_ones():
         else:
             pytest.fail(f"unexpected refusal of {(prior, likelihood, guide, elbo)}: {message}")
     assert set(reasons) == {"iwae-delta", "iwae-dreg-delta", "dreg-iaf", "flat-prior", "vamp",
-                            "delta-mog", "delta-flow"}
+                            "delta-mog", "delta-flow", "tc-prior", "tc-iaf", "tc-delta"}
     assert all(len(m) == 1 for m in reasons.values()), "one clear reason per kind of refusal"
-    assert len(ALLOWED) == 470  # 47 for each of the 10 likelihoods
+    assert len(ALLOWED) == 500  # 50 for each of the 10 likelihoods
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ OPTIONS = {
     "--likelihood": st.sampled_from(["bernoulli", "continuous-bernoulli", "normal",
                                      "normal-learned", "laplace", "categorical", "poisson"]),
     "--guide": st.sampled_from(["normal", "iaf", "delta", "gp"]),
-    "--elbo": st.sampled_from(["trace", "meanfield", "iwae", "iwae-dreg", "tmc"]),
+    "--elbo": st.sampled_from(["trace", "meanfield", "iwae", "iwae-dreg", "tc", "tmc"]),
     "--kl-schedule": st.sampled_from(["cyclical:2,0.5", "cyclical:1,1", "cyclical:0,0.5",
                                       "cyclical:2", "linear:3", "cyclical:a,b", ""]),
     "--free-bits": numbers(st.floats(1e-3, 10)),

@@ -155,3 +155,47 @@ def test_free_bits_keep_every_dimension_in_use_under_a_strong_beta(fmnist_small)
     assert min(figures[0.0]["kl_per_dim"]) < 0.3
     assert min(figures[1.0]["kl_per_dim"]) > 0.6
     assert figures[1.0]["nll"] < figures[0.0]["nll"] - 4
+
+
+def test_free_bits_shortfall_follows_the_kl_weight_and_the_value_of_the_step():
+    x = torch.rand(8, 20).bernoulli()
+    config, vae = _tiny(free_bits=100.0)
+    objective = build_elbo(config)
+    weight = torch.tensor(4.0)  # β = 4 on the z sites: the shortfall scales with them
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    vae.zero_grad()
+    objective.loss_and_grads(vae.model, vae.guide, x, weight)
+    free = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    vae.zero_grad()
+    Trace_ELBO(max_plate_nesting=1).loss_and_grads(vae.model, vae.guide, x,
+                                                   torch.tensor(1e-30))
+    for name, p in vae.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(free[name], p.grad, rtol=1e-5, atol=1e-6)
+    # The value of a step is the loss, and for Trace_ELBO the ELBO plus the shortfall
+    # B Σ_j max(0, λ − KL̄_j) with KL_nj = log q(z_j|x) − log p(z_j) at the sampled z.
+    config, vae = _tiny(free_bits=0.2)
+    objective = build_elbo(config)
+    pyro.set_rng_seed(2)
+    value = objective.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(2)
+    assert objective.loss_and_grads(vae.model, vae.guide, x) == pytest.approx(value, rel=1e-6)
+    pyro.set_rng_seed(2)
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    model = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide)).get_trace(x)
+    z = guide.nodes["z"]["value"]
+    kl = guide.nodes["z"]["fn"].base_dist.log_prob(z) - model.nodes["z"]["fn"].base_dist \
+        .log_prob(z)
+    elbo = model.log_prob_sum() - guide.log_prob_sum()
+    expected = -elbo + 8 * torch.relu(0.2 - kl.mean(0)).sum()
+    assert value == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_more_cycles_than_steps_are_refused_before_anything_is_written(fmnist_npz, tmp_path):
+    with pytest.raises(ConfigError, match="asks for 100 cycles in a run of 4 steps"):
+        fit(dataset=str(fmnist_npz), epochs=1, batch_size=500, z_dim=4, hidden=(32,),
+            kl_schedule="cyclical:100,0.5", out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

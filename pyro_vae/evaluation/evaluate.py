@@ -215,6 +215,46 @@ def classifier_accuracy(vae: VAE, x: torch.Tensor, labels: torch.Tensor,
     return float((predicted == labels.to(device)).float().mean()) if x.shape[0] else 0.0
 
 
+#: Images on which the KL decomposition of ``metrics.csv`` is estimated.
+KL_TERMS_IMAGES = 1000
+
+
+@torch.no_grad()
+def kl_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+             chunk: int = 250) -> dict[str, float] | None:
+    """The decomposition of the KL term of Chen et al. (2018, eq. 2) on the images ``x``
+    (N, D), nats per image: ``mi`` (index-code mutual information), ``tc`` (total
+    correlation), ``dim_kl`` (dimension-wise KL), adding up to the sampled KL term; ``y`` the
+    conditions of a conditional model. The aggregate posterior is that of these N images,
+    summed exactly (:func:`~pyro_vae.parts.objectives.kl_decomposition` with the batch = the
+    set), at one sample of z per image, the samples taken ``chunk`` images at a time against
+    all N. None for a model whose guide or prior does not factorise over the latent
+    dimensions, and for the semi-supervised model (its class is summed out).
+    """
+    from ..parts.objectives import kl_decomposition, _factors
+
+    if vae.semi_supervised or x.shape[0] < 2:
+        return None
+    device = next(vae.parameters()).device
+    x = as_float(x).to(device)
+    given = {} if y is None else {"y": y.to(device)}
+    guide = poutine.trace(vae.guide).get_trace(x, **given)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, **given)
+    q, p, z = guide.nodes["z"]["fn"], model.nodes["z"]["fn"], guide.nodes["z"]["value"]
+    try:
+        _factors(q, "z", "guide", "tc"), _factors(p, "z", "prior", "tc")
+    except ConfigError:
+        return None
+    totals = {"mi": 0.0, "tc": 0.0, "dim_kl": 0.0}
+    n = x.shape[0]
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        terms = kl_decomposition(q, p, z, rows)
+        for key in totals:
+            totals[key] += float(terms[key].sum())
+    return {key: value / n for key, value in totals.items()}
+
+
 def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) -> bool:
     """Refuse what :func:`evaluate` cannot score; returns whether a proposal is needed."""
     delta = not vae.family.has_density

@@ -17,6 +17,9 @@ the objective's enumerated form, where it has one: ``trace`` becomes ``TraceEnum
 sums the site out exactly over its values in parallel instead of sampling it (Kingma et al.
 2014, eq. 7; the guide marks the site ``infer={"enumerate": "parallel"}``).
 
+- ``tc``: β-TCVAE (Chen, Li, Grosse & Duvenaud 2018, eq. 2 and 4), the ELBO with the total
+  correlation of the aggregate posterior weighted by ``--beta`` (:class:`TCTrace_ELBO`).
+
 Free bits (``--free-bits λ``; Kingma et al. 2016, §C.8 "free bits"): ``trace`` and
 ``meanfield`` become :class:`FreeBitsTrace_ELBO` and :class:`FreeBitsTraceMeanField_ELBO`, the
 same estimators with each latent dimension's KL term, averaged over the batch, counted as at
@@ -62,6 +65,17 @@ class Objective(Part):
     has_kl_term: bool = True
     needs_density: bool = False
     needs_gaussian_guide: bool = False
+    #: Why it needs a diagonal Gaussian guide, and the objective to use instead, for the
+    #: refusal.
+    gaussian_reason: str = ""
+    fallback: str = "trace"
+    needs_factorised_prior: bool = False
+    #: A term estimated over the whole batch (β-TCVAE's aggregate posterior), which a batch
+    #: split over torchrun processes would change.
+    batch_statistic: bool = False
+    #: ``--beta`` weighs a term of the objective's own (β-TCVAE's total correlation) instead of
+    #: scaling the KL term of the model and guide.
+    own_beta: bool = False
     min_particles: tuple[int, str] = (1, "")
     analytic_kl: bool = False
     data_parallel: bool = True
@@ -134,6 +148,8 @@ class DReGObjective(IWAEObjective):
     diagonal Gaussian guide: :class:`DReGIWAE_ELBO`."""
 
     needs_gaussian_guide = True
+    gaussian_reason = "stops the gradient through q's parameters, which it can"
+    fallback = "iwae"
 
     def estimator(self, **kwargs) -> ELBO:
         return DReGIWAE_ELBO(**kwargs)
@@ -187,6 +203,16 @@ class DReGIWAE_ELBO(RenyiELBO):
             for name, site in guide_trace.nodes.items():
                 if site["type"] != "sample":
                     continue
+                if not bool(torch.all(torch.as_tensor(site["scale"]) == 1)):
+                    raise ConfigError(
+                        f"--elbo iwae-dreg weights the samples of site {name!r} by w̃², which "
+                        "holds only for an unscaled site (no poutine.scale, KL weight or "
+                        "subsampled plate); use --elbo iwae")
+                if len(samples) > k:  # a second latent site in this particle's guide
+                    raise ConfigError(
+                        "--elbo iwae-dreg is written for one latent site in the guide, and a "
+                        f"second one, {name!r}, depends on the first's parameters in ways the "
+                        "estimator stops; use --elbo iwae")
                 log_q = stopped(site["fn"], name).log_prob(site["value"])
                 log_w = log_w - torch_sum(scale_and_mask(log_q, site["scale"], site["mask"]),
                                           sum_dims)
@@ -206,7 +232,8 @@ class DReGIWAE_ELBO(RenyiELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:  # no parameter to train: nothing to differentiate
+            loss.backward()
         return loss.item()
 
 
@@ -231,7 +258,12 @@ def stopped(fn: dist.Distribution, name: str = "z") -> dist.Distribution:
         raise ConfigError(f"--elbo iwae-dreg stops the gradient through q's parameters, which "
                           f"it cannot for site {name!r} ({type(fn).__name__}); use a diagonal "
                           "Gaussian guide (--guide normal) or --elbo iwae")
-    return type(fn)(**{k: v.detach() for k, v in params.items()}, validate_args=False)
+    try:
+        return type(fn)(**{k: v.detach() for k, v in params.items()}, validate_args=False)
+    except (TypeError, ValueError):  # e.g. a MultivariateNormal holding two parametrisations
+        raise ConfigError(f"--elbo iwae-dreg cannot rebuild site {name!r} "
+                          f"({type(fn).__name__}) from its parameters to stop them; use a "
+                          "diagonal Gaussian guide (--guide normal) or --elbo iwae") from None
 
 
 class FreeBits:
@@ -308,15 +340,107 @@ def free_bits_shortfall(model_trace, guide_trace, free_bits: float,
     return total
 
 
-def _factors(fn, name: str, where: str):
+def _factors(fn, name: str, where: str, flag: str = "free-bits"):
     """The per-dimension distribution of a latent site that factorises over its last
     dimension: the base of ``Independent(…, 1)``."""
     if isinstance(fn, dist.Independent) and fn.reinterpreted_batch_ndims == 1 and not isinstance(
             fn.base_dist, (dist.Independent, dist.TransformedDistribution)):
         return fn.base_dist
-    raise ConfigError(f"--free-bits needs site {name!r} to factorise over its dimensions, and "
+    raise ConfigError(f"--{flag} needs site {name!r} to factorise over its dimensions, and "
                       f"its {where} is {type(fn).__name__}; use a diagonal Gaussian guide and a "
                       "normal, laplace or studentt prior")
+
+
+@register_objective("tc")
+class TCObjective(Objective):
+    """β-TCVAE (Chen et al. 2018): ``Trace_ELBO`` with ``--beta`` on the total correlation
+    (:class:`TCTrace_ELBO`), for a diagonal Gaussian guide and a prior that factorises."""
+
+    needs_gaussian_guide = True
+    gaussian_reason = "splits q(z|x) into one factor per latent dimension, which it can"
+    needs_factorised_prior = True
+    own_beta = True
+    batch_statistic = True
+
+    def estimator(self, beta: float = 1.0, **kwargs) -> ELBO:
+        return TCTrace_ELBO(beta=beta, **kwargs)
+
+
+def kl_decomposition(q: dist.Distribution, p: dist.Distribution, z: torch.Tensor,
+                     rows: slice | None = None) -> dict[str, torch.Tensor]:
+    """The three terms of the KL term log q(z|x) − log p(z) of Chen et al. (2018, eq. 2) at
+    samples ``z`` (…, M, D) of q(z|x) for a batch of M data points, each (…, M) in nats:
+
+    - ``mi``, index-code mutual information: log q(z_i|x_i) − log q(z_i);
+    - ``tc``, total correlation: log q(z_i) − Σ_d log q(z_id);
+    - ``dim_kl``, dimension-wise KL: Σ_d [log q(z_id) − log p(z_id)];
+
+    which add up to log q(z_i|x_i) − log p(z_i). The aggregate posterior q(z) = (1/N) Σ_n
+    q(z|x_n) and its marginals q(z_d) are estimated on the batch by minibatch weighted
+    sampling (their eq. 4), log q(z_i) ≈ log Σ_j q(z_i|x_j) − log M. Their eq. 4 writes
+    −log(NM) for a data set of N, a constant (log N in log q(z), (D − 1)·log N in the TC)
+    that moves no gradient; with −log M the estimate is exact when the batch is the whole
+    evaluated set, and the three terms add up to the KL term. ``rows`` (a slice of the M)
+    gives the terms of those samples only, still against all M rows of q: (…, len(rows)), for
+    large sets in pieces. ``q`` and ``p`` factorise over the last dimension (``Independent``
+    over per-dimension distributions, batch shape broadcastable to (…, M, D)).
+
+    Raises
+    ------
+    ConfigError
+        For a guide or prior that does not factorise over the dimensions.
+    """
+    q1, p1 = _factors(q, "z", "guide", "tc"), _factors(p, "z", "prior", "tc")
+    params = {k: v for k, v in vars(q1).items() if k in q1.arg_constraints}
+    if not params:
+        raise ConfigError("--elbo tc needs a guide with per-dimension parameters (a diagonal "
+                          "Gaussian); use --guide normal")
+    m, rows = z.shape[-2], slice(None) if rows is None else rows
+    full = {k: v.expand(z.shape) for k, v in params.items()}
+    picked = z[..., rows, :]
+    # log q(z_id | x_j): the samples (…, R, 1, D) against every row's parameters (…, 1, M, D).
+    pairs = type(q1)(**{k: v.unsqueeze(-3) for k, v in full.items()},
+                     validate_args=False).log_prob(picked.unsqueeze(-2))     # (…, R, M, D)
+    log_q_zx = type(q1)(**{k: v[..., rows, :] for k, v in full.items()},
+                        validate_args=False).log_prob(picked).sum(-1)        # (…, R)
+    log_q_dims = torch.logsumexp(pairs, dim=-2) - math.log(m)               # (…, R, D)
+    log_q_z = torch.logsumexp(pairs.sum(-1), dim=-1) - math.log(m)          # (…, R)
+    log_p_dims = p1.expand(z.shape).log_prob(z)[..., rows, :]
+    return {"mi": log_q_zx - log_q_z, "tc": log_q_z - log_q_dims.sum(-1),
+            "dim_kl": (log_q_dims - log_p_dims).sum(-1)}
+
+
+class TCTrace_ELBO(Trace_ELBO):
+    """β-TCVAE (Chen, Li, Grosse & Duvenaud 2018, eq. 2 and 4) as a Pyro ELBO:
+
+        L = ELBO − (β − 1) · Σ_i TC_i,
+
+    i.e. E_q log p(x|z) − MI − β·TC − dimension-wise KL (their α = γ = 1), the total
+    correlation TC_i = log q(z_i) − Σ_d log q(z_id) of :func:`kl_decomposition`, estimated
+    on the batch by minibatch weighted sampling. ``beta`` β (``--beta``) weighs the TC alone;
+    β = 1 is the ELBO. The model and guide are Pyro's; only this term is added, to both the
+    loss and its surrogate. Keyword arguments are Trace_ELBO's.
+    """
+
+    def __init__(self, beta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = beta
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        loss, surrogate = super()._differentiable_loss_particle(model_trace, guide_trace)
+        if self.beta == 1.0:
+            return loss, surrogate
+        extra = 0.0
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or name not in model_trace.nodes:
+                continue
+            terms = kl_decomposition(site["fn"], model_trace.nodes[name]["fn"], site["value"])
+            extra = extra + (self.beta - 1.0) * terms["tc"].sum()
+        return loss + float(torch.as_tensor(extra).detach()), surrogate + extra
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
 def jit_unsupported(config) -> str | None:
@@ -366,6 +490,8 @@ def build_elbo(config, jit: bool = False) -> ELBO:
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
         return (objective.compiled_enumerated if enumerated else objective.compiled)(**kwargs)
+    if objective.own_beta:
+        kwargs["beta"] = config.train.beta
     elbo = (objective.enumerated if enumerated else objective.estimator)(**kwargs)
     if config.train.free_bits:
         free = {Trace_ELBO: FreeBitsTrace_ELBO, TraceMeanField_ELBO: FreeBitsTraceMeanField_ELBO}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import plots
 from ..evaluation import pictures
-from ..evaluation.evaluate import classifier_accuracy
+from ..evaluation.evaluate import KL_TERMS_IMAGES, classifier_accuracy, kl_terms
 from ..config import (
     Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
 from ..devices import resolve_device
@@ -319,6 +319,13 @@ class TrainingPlan:
                 row["test_neg_elbo"] / (self.test_x.shape[-1] * math.log(2)), 5)
         if self.vae.semi_supervised and self.test_y is not None:
             row["test_accuracy"] = round(self._test_split(classifier_accuracy), 5)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # training draws as without it
+            y = self.test_y[:KL_TERMS_IMAGES] if self.test_y is not None else None
+            terms = kl_terms(self.vae, self.test_x[:KL_TERMS_IMAGES],
+                             y if self.vae.condition is not None else None)
+        if terms is not None:
+            row.update({f"test_{k}": round(v, 4) for k, v in terms.items()})
         return row
 
     def _test_split(self, score) -> float:
@@ -519,7 +526,7 @@ class TrainingPlan:
             saved = f"{run_dir} holds only a mid-epoch training state"
         else:
             saved = "no epoch had finished, so nothing was saved"
-        skip = ("" if self.config.train.skip_nonfinite
+        skip = ("" if self.config.train.skip_nonfinite or step is None
                 else ", or skip a few such batches with --skip-nonfinite N")
         where = f"step {step + 1}" if step is not None else "scoring the test set"
         return TrainingError(
@@ -602,6 +609,11 @@ def fit(
         every row a step took, labelled rows counted as often as they are cycled through);
         ``test_neg_elbo`` is always the plain single-sample −ELBO (U(x) of the class summed
         out, for the semi-supervised model), so runs with different objectives compare.
+        Where the guide and the prior factorise over the latent dimensions (not for the
+        semi-supervised model), ``test_mi``, ``test_tc`` and ``test_dim_kl`` split the KL term
+        on the first 1000 test images into index-code mutual information, total correlation
+        and dimension-wise KL (Chen et al. 2018, eq. 2; nats per image;
+        :func:`~pyro_vae.evaluation.evaluate.kl_terms`).
 
     Raises
     ------
@@ -717,8 +729,12 @@ def _check_cluster(config: Config, cluster, resuming: bool) -> torch.device:
         (resuming, "resuming a run under torchrun is not supported yet; resume it in one "
                    "process"),
         (not OBJECTIVES[config.train.elbo].data_parallel,
-         f"--elbo {config.train.elbo} is not supported under torchrun yet (Pyro's estimator has "
-         "no differentiable loss for DistributedDataParallel); use one process"),
+         f"--elbo {config.train.elbo} is not supported under torchrun yet (its estimator is not "
+         "wired to DistributedDataParallel); use one process"),
+        (OBJECTIVES[config.train.elbo].batch_statistic or config.train.free_bits,
+         f"{'--free-bits' if config.train.free_bits else '--elbo ' + config.train.elbo} "
+         "estimates its term from the whole batch, which torchrun splits over processes, so "
+         "the objective would change; use one process"),
         (config.train.jit, "--jit is not supported under torchrun yet; drop --jit"),
         (config.train.checkpoint_every, "--checkpoint-every is not supported under torchrun "
          "yet (runs are saved after every epoch); drop it"),

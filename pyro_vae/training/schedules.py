@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError
+from ..registry import OBJECTIVES
 
 
 def parse_kl_schedule(spec: str) -> tuple[int, float]:
@@ -38,7 +39,7 @@ def parse_kl_schedule(spec: str) -> tuple[int, float]:
 
 
 def kl_weight(config, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The KL weight of a step: β; during the first ``kl_warmup`` epochs β·t/T rising linearly
+    """The KL weight of a step: β (1 for an objective with its own β, ``--elbo tc``); during the first ``kl_warmup`` epochs β·t/T rising linearly
     per step; or, for ``kl_schedule`` cyclical:M,R, Fu et al.'s (2019, eq. 7) cyclical
     schedule over the run's T = epochs · steps_per_epoch steps,
 
@@ -49,20 +50,31 @@ def kl_weight(config, epoch: int, step: int, steps_per_epoch: int) -> float:
     which ``poutine.scale`` refuses. ``epoch`` counts
     from 1, ``step`` from 0; ``config`` is a :class:`~pyro_vae.config.Config` with its epochs
     set (by :meth:`~pyro_vae.config.Config.for_data`).
+
+    Raises
+    ------
+    ConfigError
+        For more cycles than the run has steps.
     """
     train = config.train
+    beta = 1.0 if OBJECTIVES[train.elbo].own_beta else train.beta  # β-TCVAE's is on the TC
     t = (epoch - 1) * steps_per_epoch + step + 1
     if train.kl_schedule is not None:
         cycles, ratio = parse_kl_schedule(train.kl_schedule)
+        if cycles > train.epochs * steps_per_epoch:
+            raise ConfigError(
+                f"--kl-schedule {train.kl_schedule} asks for {cycles} cycles in a run of "
+                f"{train.epochs * steps_per_epoch} steps; give at most that many cycles")
         period = train.epochs * steps_per_epoch / cycles
         tau = ((t - 1) % math.ceil(period) + 1) / period
-        return train.beta * min(1.0, tau / ratio)
+        return beta * min(1.0, tau / ratio)
     if train.kl_warmup == 0:
-        return train.beta
-    return train.beta * min(1.0, t / (train.kl_warmup * steps_per_epoch))
+        return beta
+    return beta * min(1.0, t / (train.kl_warmup * steps_per_epoch))
 
 
 def scheduled(config) -> bool:
     """Whether the KL weight of ``config`` is ever other than 1."""
     train = config.train
-    return train.beta != 1.0 or train.kl_warmup > 0 or train.kl_schedule is not None
+    beta = 1.0 if OBJECTIVES[train.elbo].own_beta else train.beta
+    return beta != 1.0 or train.kl_warmup > 0 or train.kl_schedule is not None
