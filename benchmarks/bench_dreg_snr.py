@@ -1,10 +1,11 @@
 """Signal-to-noise ratio of the encoder's gradient: IWAE against IWAE-DReG as K grows.
 
-    uv run python benchmarks/bench_dreg_snr.py      # about 3 minutes on 2 CPU cores
+    uv run python benchmarks/bench_dreg_snr.py      # about 5 minutes on 2 CPU cores
 
 Rainforth et al. (2018, Fig. 1 and Theorem 1) show that the IWAE bound's gradient for the
 inference network has a signal-to-noise ratio that falls as O(1/√K) with the K importance
-samples; the doubly-reparameterised estimator of Tucker et al. (2019) grows instead, as O(√K).
+samples for one data point; that of the doubly-reparameterised estimator of Tucker et al.
+(2019) grows instead, as O(√K) (``tests/test_dreg.py`` checks both on a linear Gaussian model).
 This measures both on a real model: the default 784-400-20 VAE after ``--epochs`` epochs of
 ``--elbo iwae --particles 5`` on Fashion-MNIST, on a fixed batch of ``--images`` test images.
 For each K and estimator it draws the gradient of the bound ``--repeats`` times (fresh samples
