@@ -316,7 +316,8 @@ class DataConfig:
     """Where the data come from and how grey levels are binarised."""
 
     dataset: str = option(
-        str, "fashion-mnist", "fashion-mnist, mnist, kmnist, a .npy/.npz file of (N, H, W) or "
+        str, "fashion-mnist", "fashion-mnist, mnist, kmnist, shapes (rendered 32×32 shapes with "
+        "known factors), a .npy/.npz file of (N, H, W) or "
         "(N, D) data (uint8 0-255, floats, or counts for a count likelihood; a .npz holds "
         "x_train and optional x_test; colour as (N, H, W, 3) or (N, 3, H, W)), a folder of "
         "PNG/JPEG images (one subfolder per class), or a .csv/.parquet table whose numeric "

@@ -27,8 +27,9 @@ from ..config import data_unit
 from ..errors import ConfigError, DataError
 from ..devices import resolve_device
 from ..io.checkpoint import load_run
-from ..io.data import as_float, eval_data
+from ..io.data import as_float, eval_data, known_factors
 from ..model import VAE
+from .disentanglement import mutual_information_gap
 
 #: Unit u is active when Cov_x(E_q[z_u|x]) exceeds this (Burda et al. 2016, §5.2).
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -406,12 +407,32 @@ def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
                       proposal_scale=proposal_scale, progress=progress,
                       y=y.to(device) if y is not None else None)
     result.pop("nll_per_image")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        terms = kl_terms(vae, held.x[:KL_TERMS_IMAGES],
+                         y[:KL_TERMS_IMAGES] if y is not None else None)
+    if terms is not None:
+        result["kl_terms"] = terms
+    known = known_factors(dataset or config.data.dataset)
+    if known is not None:
+        values, names = known
+        values = values[:limit] if limit is not None else values
+        codes = torch.cat([vae.encode(xb.to(device), yb if yb is None else yb.to(device))[0]
+                           .cpu() for xb, yb in _batches(held.x, y, 1000)])
+        mig = mutual_information_gap(codes, values)
+        result["mig"] = mig["mig"]
+        result["mig_per_factor"] = dict(zip(names, mig["per_factor"]))
     result["dataset"] = held.source
     result["condition"] = config.model.condition
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["z_dim"] = vae.z_dim
     result["unit"] = data_unit(config.model.data_shape)
     return result
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor | None, size: int):
+    """(x, y) in batches of ``size`` rows, y None throughout where it is None."""
+    for start in range(0, x.shape[0], size):
+        yield x[start:start + size], (y[start:start + size] if y is not None else None)
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -436,6 +457,13 @@ def summary_lines(result: dict) -> list[str]:
         "KL per dim        " + (" ".join(f"{v:.2f}" for v in kl) if kl is not None else
                                 "- (needs a Gaussian guide and a factorised prior)"),
     ]
+    if "kl_terms" in result:
+        t = result["kl_terms"]
+        lines.append(f"KL terms          MI {t['mi']:.2f} + TC {t['tc']:.2f} + dim-KL "
+                     f"{t['dim_kl']:.2f} nats/{unit} (Chen et al. 2018, first 1000)")
+    if "mig" in result:
+        each = ", ".join(f"{k} {v:.2f}" for k, v in result["mig_per_factor"].items())
+        lines.append(f"MIG               {result['mig']:.3f} ({each})")
     if "accuracy" in result:
         accuracy = result["accuracy"]
         lines.append("accuracy          " + (f"{accuracy:.4f} (classifier q(y|x), most probable "

@@ -47,7 +47,9 @@ HOLDOUT_SEED = 0
 HOLDOUT_FRACTION = 0.1
 
 _TORCHVISION_CLASS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
-NAMED_DATASETS = tuple(_TORCHVISION_CLASS)
+#: Datasets generated on demand (:mod:`pyro_vae.io.shapes`), with known generative factors.
+GENERATED = ("shapes",)
+NAMED_DATASETS = (*_TORCHVISION_CLASS, *GENERATED)
 _IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -539,9 +541,34 @@ def class_names(dataset: str, classes: tuple[str, ...] | None = None) -> list[st
         return list(classes)
     if dataset not in NAMED_DATASETS:
         return folder_class_names(dataset)
+    if dataset == "shapes":
+        from .shapes import SHAPES
+
+        return list(SHAPES)
     import torchvision.datasets as tvd
 
     return list(getattr(tvd, _TORCHVISION_CLASS[dataset]).classes)
+
+
+def _load_shapes() -> Data:
+    """The rendered shapes (:mod:`pyro_vae.io.shapes`): bool rows (N, 1024), the shape as the
+    class label."""
+    from . import shapes
+
+    parts = shapes.split()
+    return Data(parts["train"].flatten(1), parts["test"].flatten(1), (shapes.SIZE, shapes.SIZE),
+                parts["train_factors"][:, 0].clone(), parts["test_factors"][:, 0].clone(),
+                source="shapes (rendered)")
+
+
+def known_factors(dataset: str | None) -> tuple[torch.Tensor, tuple[str, ...]] | None:
+    """The generative factors of a dataset's test split, (M, F) int64 value indices, and
+    their names; None for datasets without known factors."""
+    if dataset != "shapes":
+        return None
+    from . import shapes
+
+    return shapes.split()["test_factors"], shapes.FACTORS
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -559,6 +586,8 @@ def binarize_fixed(x: torch.Tensor) -> torch.Tensor:
 
 
 def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
+    if name == "shapes":
+        return _load_shapes()
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, _TORCHVISION_CLASS[name])
