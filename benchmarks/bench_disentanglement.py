@@ -1,6 +1,6 @@
 """β-TCVAE against the VAE on the shapes dataset: the mutual information gap (MIG).
 
-    uv run python benchmarks/bench_disentanglement.py     # about 15 minutes on 2 CPU cores
+    uv run python benchmarks/bench_disentanglement.py     # about 16 minutes on 2 CPU cores
 
 For each seed, in one process: ``pyro_vae.fit(dataset="shapes", elbo="tc", beta=B)`` for each
 β of ``--betas`` (β = 1 is the plain ELBO: the VAE), with ``--z-dim`` latent dimensions and
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--betas", type=float, nargs="+", default=[1.0, 6.0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--z-dim", type=int, default=10)
     parser.add_argument("--json", help="Write every run's figures to this file.")
     args = parser.parse_args()
