@@ -91,3 +91,8 @@ def test_evaluate_reports_mig_and_the_kl_terms_for_a_shapes_run(tmp_path):
     assert 0 <= figures["mig"] <= 1 and set(figures["mig_per_factor"]) == set(shapes.FACTORS)
     terms = figures["kl_terms"]
     assert terms["mi"] + terms["tc"] + terms["dim_kl"] == pytest.approx(figures["kl"], rel=0.2)
+    # One image: no MIG and no KL terms to estimate, and no error either.
+    one = CliRunner().invoke(main, ["evaluate", str(out), "--iwae-samples", "5", "--limit", "1",
+                                    "--quiet"])
+    assert one.exit_code == 0, one.output
+    assert "MIG" not in one.output and "KL terms" not in one.output

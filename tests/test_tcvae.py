@@ -110,3 +110,37 @@ def test_metrics_csv_reports_the_kl_decomposition(fmnist_npz, tmp_path):
 def test_tc_refuses_what_it_cannot_decompose(options, message):
     with pytest.raises(ConfigError, match=message):
         Config(elbo="tc", beta=4.0, z_dim=4, data_shape=(20,), **options)
+
+
+def test_tc_term_follows_the_kl_weight():
+    pyro.set_rng_seed(0)
+    config = Config(z_dim=3, hidden=(16,), data_shape=(20,), elbo="tc", beta=5.0)
+    vae = VAE.from_config(config)
+    x = torch.rand(30, 20).bernoulli()
+    weight = torch.tensor(0.25)  # a warm-up's weight w: the TC then weighs w·β
+    pyro.set_rng_seed(1)
+    loss = build_elbo(config).loss(vae.model, vae.guide, x, weight)
+    pyro.set_rng_seed(1)
+    guide = poutine.trace(vae.guide).get_trace(x, weight)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, weight)
+    elbo = model.log_prob_sum() - guide.log_prob_sum()  # the z sites scaled by w
+    tc = kl_decomposition(guide.nodes["z"]["fn"], model.nodes["z"]["fn"],
+                          guide.nodes["z"]["value"])["tc"].sum()
+    assert loss == pytest.approx(float((-elbo + 0.25 * 4.0 * tc).detach()), rel=1e-5)
+
+
+def test_kl_terms_are_left_out_for_a_guide_of_yours_that_does_not_split():
+    from torch import nn
+
+    class BetaEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(20, 4)
+
+        def forward(self, x):
+            a, b = nn.functional.softplus(self.net(x)).chunk(2, -1)
+            return dist.Beta(a + 0.5, b + 0.5).to_event(1)
+
+    prior = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    vae = VAE(BetaEncoder(), nn.Linear(2, 20), prior)
+    assert kl_terms(vae, torch.rand(10, 20).bernoulli()) is None

@@ -308,9 +308,12 @@ def _existing_parent(path: Path) -> Path:
 
 
 def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
-    """Write ``rows`` (one dict per epoch) to ``run_dir/metrics.csv`` atomically."""
+    """Write ``rows`` (one dict per epoch) to ``run_dir/metrics.csv`` atomically: every column
+    any row has, in the order they first appear, left empty in rows without it (the first
+    epochs of a run resumed by a version that reports more)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(Path(run_dir) / METRICS_FILE, buffer.getvalue().encode())

@@ -418,7 +418,8 @@ class TCTrace_ELBO(Trace_ELBO):
     i.e. E_q log p(x|z) − MI − β·TC − dimension-wise KL (their α = γ = 1), the total
     correlation TC_i = log q(z_i) − Σ_d log q(z_id) of :func:`kl_decomposition`, estimated
     on the batch by minibatch weighted sampling. ``beta`` β (``--beta``) weighs the TC alone;
-    β = 1 is the ELBO. The model and guide are Pyro's; only this term is added, to both the
+    β = 1 is the ELBO. Under a KL weight w (``--kl-warmup``, ``--kl-schedule``: ``poutine.scale``
+    on the z sites) the added term is scaled by w too, so the TC weighs w·β. The model and guide are Pyro's; only this term is added, to both the
     loss and its surrogate. Keyword arguments are Trace_ELBO's.
     """
 
@@ -435,7 +436,8 @@ class TCTrace_ELBO(Trace_ELBO):
             if site["type"] != "sample" or name not in model_trace.nodes:
                 continue
             terms = kl_decomposition(site["fn"], model_trace.nodes[name]["fn"], site["value"])
-            extra = extra + (self.beta - 1.0) * terms["tc"].sum()
+            # Scaled as the site is: under a KL weight w the TC weighs w·β, as MI and dim-KL w.
+            extra = extra + site["scale"] * (self.beta - 1.0) * terms["tc"].sum()
         return loss + float(torch.as_tensor(extra).detach()), surrogate + extra
 
     @torch.no_grad()
