@@ -148,7 +148,15 @@ class ModelConfig:
         For invalid values or parts that do not work together, with a one-line reason.
     """
 
-    z_dim: int = option(int, 20, "Latent dimension.", positive_int)
+    z_dim: int = option(int, 20, "Latent dimension (of the bottom layer z_1, which the decoder "
+                        "reads, with --latent-layers).", positive_int)
+    latent_layers: int = option(
+        int, 1, "Stochastic layers z_L → … → z_1 → x, one sample site each, with a bottom-up "
+        "guide (Burda et al. 2016, §5); 2 with --z-dim 100 gives their 100-50 layers.",
+        positive_int)
+    upper_z_dim: tuple[int, ...] | None = option(
+        int, None, "Dimensions of the layers above z_1, bottom up, once per layer "
+        "(--upper-z-dim 50). Default: each half the one below.", positive_int, multiple=True)
     standardize: bool | None = option(
         bool, None, "Standardise each feature to mean 0, scale 1 inside the model (encoder input "
         "and likelihood; samples, reconstructions and every log-likelihood stay in the data's "
@@ -176,6 +184,12 @@ class ModelConfig:
             raise ConfigError(f"standardize must be true, false or null (automatic), got "
                               f"{self.standardize!r}")
         _validate_fields(self)
+        if self.upper_z_dim is not None and len(self.upper_z_dim) != self.latent_layers - 1:
+            raise ConfigError(
+                f"--upper-z-dim gives the dimensions of layers 2 to L, so --latent-layers "
+                f"{self.latent_layers} takes {self.latent_layers - 1} of them, not "
+                f"{len(self.upper_z_dim)}; give one per layer above z_1, or set --latent-layers "
+                f"{len(self.upper_z_dim) + 1}")
         if self.data_shape is not None:
             shape = tuple(self.data_shape) if isinstance(self.data_shape, (list, tuple)) else ()
             if not shape or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0
@@ -201,6 +215,17 @@ class ModelConfig:
             raise ConfigError("--labelled makes the class label a latent site, so it needs "
                               "--condition label, not --condition "
                               f"{self.condition}")
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """(d_1, …, d_L), the dimensions of the stochastic layers, bottom first: z_dim, then
+        ``upper_z_dim`` or each layer half the one below (at least 1)."""
+        dims = [self.z_dim]
+        if self.upper_z_dim is not None:
+            return (self.z_dim, *self.upper_z_dim)
+        for _ in range(self.latent_layers - 1):
+            dims.append(max(1, dims[-1] // 2))
+        return tuple(dims)
 
     @property
     def covariates(self) -> tuple[str, ...] | None:
@@ -281,14 +306,32 @@ class ModelConfig:
                 f"with a point-mass guide the objective log p(x|h) + log p(h) has no entropy "
                 f"term, so the learnable --prior {prior.name} can raise log p(h) without bound; "
                 f"use --guide {_names(FAMILIES, 'gaussian')} or a fixed prior ({fixed})")
-        for part in (prior, family):
+        if self.latent_layers > 1:
+            self._check_layers(prior, family)
+        for part, dim in ((prior, self.layer_dims[-1]), (family, self.z_dim)):
             least, why = part.min_z_dim
-            if self.z_dim < least:
+            if dim < least:
                 raise ConfigError(f"{why} (--{part.kind} {part.name}) need --z-dim ≥ {least}")
         if self.data_shape is not None:
             problem = self.arch.build().check_data_shape(self.data_shape)
             if problem is not None:
                 raise ConfigError(problem)
+
+    def _check_layers(self, prior, family) -> None:
+        """The rules of hierarchical models (``latent_layers`` ≥ 2)."""
+        flag = f"--latent-layers {self.latent_layers}"
+        if self.condition is not None:
+            raise ConfigError(f"{flag} is built for unconditional models; drop --condition or "
+                              "--labelled, or use one stochastic layer")
+        if prior.needs_encoder:
+            raise ConfigError(
+                f"--prior {prior.name} mixes the guide's posteriors q(z|x) at pseudo-inputs, "
+                f"but with {flag} the top layer's guide reads the layer below, not x; use "
+                f"another prior")
+        if family.point_mass:
+            raise ConfigError(f"{flag} stacks stochastic layers, and a point-mass guide "
+                              f"(--guide {family.name}) has none; use --guide "
+                              f"{_names(FAMILIES, 'has_density')}")
 
     def to_dict(self) -> dict:
         """The ``model`` table of ``config.json`` (format 2)."""
@@ -296,6 +339,8 @@ class ModelConfig:
                 "data_shape": list(self.data_shape or []) or None}
         if self.condition is None:
             del body["condition"]  # unconditional runs are written as before conditions existed
+        if self.latent_layers == 1:  # and one-layer runs as before hierarchical models
+            del body["latent_layers"], body["upper_z_dim"]
         else:
             body.update(num_classes=self.num_classes, semi_supervised=self.semi_supervised)
         if self.user_built:
@@ -615,6 +660,11 @@ class Config:
             raise ConfigError(
                 f"--elbo {train.elbo} splits the KL term into one per latent dimension, which "
                 f"needs a prior that factorises; use --prior {_names(PRIORS, 'factorised')}")
+        if model.latent_layers > 1 and (objective.one_latent_site or objective.analytic_kl):
+            raise ConfigError(
+                f"--elbo {train.elbo} {objective.one_site_reason}, and --latent-layers "
+                f"{model.latent_layers} has one site per layer; use --elbo "
+                f"{objective.layers_fallback}")
         least, why = objective.min_particles
         if train.particles < least:
             raise ConfigError(f"--elbo {train.elbo} {why}; give --particles K ≥ {least} (e.g. 5) "

@@ -103,6 +103,10 @@ class VAE(nn.Module):
         For a prior or likelihood that cannot be used (wrong shapes, unknown name).
     """
 
+    #: The latent sample sites of model and guide, bottom first (the decoder reads the first);
+    #: more than one in a :class:`~pyro_vae.hierarchical.HierarchicalVAE`.
+    latent_sites: tuple[str, ...] = ("z",)
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior, likelihood="bernoulli",
                  family: Family | None = None, *, data_shape: tuple[int, ...] | None = None,
                  standardize: bool = False, condition: Condition | None = None,
@@ -170,6 +174,10 @@ class VAE(nn.Module):
         if config.user_built:
             raise ConfigError("this run holds a user-built model: build it again and pass it as "
                               "load(run_dir, model=your_vae)")
+        if config.latent_layers > 1 and cls is VAE:
+            from .hierarchical import HierarchicalVAE
+
+            return HierarchicalVAE.from_config(config)
         network, shape = config.arch.build(), config.data_shape
         if shape is None:
             raise ConfigError("data_shape is unknown until the data are loaded")
@@ -224,6 +232,16 @@ class VAE(nn.Module):
     def z_dim(self) -> int:
         """Dimension of the latent code z."""
         return self.prior.z_dim
+
+    @torch.no_grad()
+    def prior_draws(self, sample_shape: tuple[int, ...]) -> torch.Tensor:
+        """Codes z from p(z), the prior of what the decoder reads: (*sample_shape, z_dim)."""
+        return self.prior().sample(sample_shape)
+
+    @property
+    def hierarchical(self) -> bool:
+        """Whether the model has more than one stochastic layer (:attr:`latent_sites`)."""
+        return len(self.latent_sites) > 1
 
     @property
     def can_sample(self) -> bool:

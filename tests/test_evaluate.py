@@ -7,7 +7,7 @@ import torch
 
 from pyro_vae import VAE, Config, ConfigError, fit
 from pyro_vae.io.data import Data, binarize_fixed
-from pyro_vae.evaluation.evaluate import active_units, evaluate, log_importance_weights
+from pyro_vae.evaluation.evaluate import active_units, evaluate, importance_terms
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,13 @@ def test_memory_is_bounded_by_the_chunk_not_by_k(fmnist_small, monkeypatch):
     vae = VAE.from_config(Config(z_dim=4, hidden=(32,), data_shape=(28, 28)))
     x = binarize_fixed(fmnist_small.test[:20])
     seen = []
-    original = log_importance_weights
+    original = importance_terms
 
     def spy(vae, xb, num_samples, proposal=None, y=None):
         seen.append(num_samples)
         return original(vae, xb, num_samples, proposal, y)
 
-    monkeypatch.setattr("pyro_vae.evaluation.evaluate.log_importance_weights", spy)
+    monkeypatch.setattr("pyro_vae.evaluation.evaluate.importance_terms", spy)
     evaluate(vae, x, iwae_samples=1000, batch_size=10, chunk_size=64, progress=False)
     assert max(seen) == 64 and sum(seen) == 2 * 1000
 

@@ -106,7 +106,7 @@ def inference_data(vae: VAE, x: torch.Tensor, draws: int = 100,
 
     y = vae.given(x, y)
     log_lik, z, predicted = _batched(per_batch, x, dim=1, y=y)
-    prior = vae.prior().sample((draws, x.shape[0]))
+    prior = vae.prior_draws((draws, x.shape[0]))
     coords = {"image": np.arange(x.shape[0]), "latent": np.arange(vae.z_dim),
               "pixel": np.arange(x.shape[1])}
 
@@ -197,6 +197,8 @@ def nuts_reference(
         y = vae.given(x, y)
         centre = vae.encode(x, y)[0]
         start = {"z": centre + 2.0 * (vae.posterior(x, y).sample((chains,)) - centre)}
+        if vae.hierarchical:  # the layers above from the guide, given the overdispersed z_1
+            start.update(vae.upper_draws(start["z"]))
     kernel = NUTS(vae.model, jit_compile=True, ignore_jit_warnings=True)
     with warnings.catch_warnings():  # on few cores Pyro runs the chains one after another
         warnings.filterwarnings("ignore", message="num_chains=")

@@ -87,6 +87,18 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
     if vae.semi_supervised and y is None:
         raise ConfigError("the semi-supervised model's importance weights are per class: give "
                           "y (each class in turn), or use evaluate(), which sums the class out")
+    log_w, log_lik, sites = importance_terms(vae, x, num_samples, proposal, y)
+    return log_w, log_lik, sites["z"][0]
+
+
+@torch.no_grad()
+def importance_terms(vae: VAE, x: torch.Tensor, num_samples: int, proposal=None,
+                     y: torch.Tensor | None = None):
+    """:func:`log_importance_weights` with every latent site's share: returns ``log_w``,
+    ``log_lik`` (each (K, batch)) and ``{site: (z, log q − log p, q)}`` for each of
+    :attr:`VAE.latent_sites` (z (K, batch, d), the KL term's sample (K, batch), nats, and the
+    guide's distribution of the site), so that log w = log p(x|z) − Σ_sites (log q − log p)
+    (+ log p(y) for a given class)."""
     vae.eval()
     guide = proposal or vae.guide
     args = (x,) if y is None else (x, None, y)
@@ -94,14 +106,17 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, proposal
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(*args)
     log_lik = model_trace.nodes["x"]["fn"].log_prob(model_trace.nodes["x"]["value"])
-    z = guide_trace.nodes["z"]["value"]
-    log_prior = model_trace.nodes["z"]["fn"].log_prob(z)
-    log_q = guide_trace.nodes["z"]["fn"].log_prob(z)
-    log_w = log_lik + log_prior - log_q
+    log_w = log_lik
+    sites = {}
+    for name in vae.latent_sites:
+        z = guide_trace.nodes[name]["value"]
+        kl = guide_trace.nodes[name]["fn"].log_prob(z) - model_trace.nodes[name]["fn"].log_prob(z)
+        sites[name] = (z, kl, guide_trace.nodes[name]["fn"])
+        log_w = log_w - kl
     if "y" in model_trace.nodes:  # the semi-supervised model's class, given: log p(y)
         site = model_trace.nodes["y"]
         log_w = log_w + site["fn"].log_prob(site["value"])
-    return log_w, log_lik, z
+    return log_w, log_lik, sites
 
 
 def default_chunk(vae: VAE, batch: int, input_dim: int) -> int:
@@ -151,6 +166,13 @@ def evaluate(
         ``iwae_samples``, ``num_images``, ``nll_per_image`` (a tensor of N values), and for
         the semi-supervised model ``accuracy`` (None without labels).
 
+        For a hierarchical model (:class:`~pyro_vae.hierarchical.HierarchicalVAE`) the weights
+        are over every layer, p(x, z_1, …, z_L)/q(z_1, …, z_L|x); ``active_units`` counts the
+        units of all layers, and ``layer_dims``, ``active_units_per_layer`` and
+        ``kl_per_layer`` (E_q[log q(z_l|z_{l−1}) − log p(z_l|z_{l+1})], nats per image, from
+        the importance samples; they add up to ``kl``) give them per layer, bottom first.
+        E[z_l|x] of the layers above z_1 is the mean over the K samples of E_q[z_l|z_{l−1}].
+
         For the semi-supervised model each image is scored under each of its C classes, with
         S = ``iwae_samples`` importance samples of q(z|x, y) each: log p(x) ≈
         log Σ_y p(y) (1/S) Σ_s p(x, z_s|y) / q(z_s|x, y), a bound that sums y out exactly;
@@ -173,6 +195,7 @@ def evaluate(
     proposal = gaussian_proposal(vae, proposal_scale) if delta else None
     chunk = chunk_size or default_chunk(vae, batch_size, x.shape[-1])
     kl_dims = _KLPerDim(vae)
+    layers = _Layers(vae)
     parts = []
     batches = tqdm(range(0, x.shape[0], batch_size), desc="evaluate", unit="batch",
                    disable=None if progress else True, leave=False)
@@ -182,7 +205,8 @@ def evaluate(
         if vae.semi_supervised:
             parts.append(_summed_over_classes(vae, xb, iwae_samples, chunk, proposal, kl_dims))
         else:
-            parts.append(_evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims))
+            parts.append(_evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims,
+                                         layers=layers))
     log_px, log_w, log_lik, means = (torch.cat(t) for t in zip(*parts))
     nll = -log_px
     n_img, d = x.shape[0], x.shape[-1]
@@ -199,6 +223,9 @@ def evaluate(
         "num_images": n_img,
         "nll_per_image": nll.cpu(),
     }
+    if vae.hierarchical:
+        result.update(layers.result(means))
+        result["active_units"] = sum(result["active_units_per_layer"])
     if vae.semi_supervised:
         result["accuracy"] = classifier_accuracy(vae, x, y) if y is not None else None
     return result
@@ -230,11 +257,12 @@ def kl_terms(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     summed exactly (:func:`~pyro_vae.parts.objectives.kl_decomposition` with the batch = the
     set), at one sample of z per image, the samples taken ``chunk`` images at a time against
     all N. None for a model whose guide or prior does not factorise over the latent
-    dimensions, and for the semi-supervised model (its class is summed out).
+    dimensions, for the semi-supervised model (its class is summed out) and for hierarchical
+    models (the prior of z_1 is p(z_1|z_2), not one distribution).
     """
     from ..parts.objectives import kl_decomposition
 
-    if vae.semi_supervised or x.shape[0] < 2:
+    if vae.semi_supervised or vae.hierarchical or x.shape[0] < 2:
         return None
     device = next(vae.parameters()).device
     x = as_float(x).to(device)
@@ -277,7 +305,8 @@ def _check_evaluable(vae: VAE, x: torch.Tensor, proposal_scale: float | None) ->
     return delta
 
 
-def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims, weight=None):
+def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims, weight=None,
+                    layers=None):
     """Per image of one batch (B images, conditions ``yb``): log p̂(x) by a running
     log-sum-exp over chunks of samples, the mean over samples of log w and of log p(x|z),
     and E_q[z|x] (B, z_dim): the location for Gaussian and point-mass guides, a sample mean for
@@ -291,7 +320,10 @@ def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims, weight=
     for k in range(0, iwae_samples, chunk):
         n = min(chunk, iwae_samples - k)
         with pyro.validation_enabled(False):
-            log_w, log_lik, z = log_importance_weights(vae, xb, n, proposal, yb)
+            log_w, log_lik, sites = importance_terms(vae, xb, n, proposal, yb)
+        z = sites["z"][0]
+        if layers is not None:
+            layers.add(sites)
         running = torch.logaddexp(running, log_w.logsumexp(0))
         sum_w += log_w.sum(0)
         sum_lik += log_lik.sum(0)
@@ -299,6 +331,8 @@ def _evaluate_batch(vae, xb, iwae_samples, chunk, proposal, yb, kl_dims, weight=
             sum_z += z.sum(0)
         kl_dims.add(xb, z, yb, weight)
     mean = vae.encode(xb, yb)[0] if exact else sum_z / iwae_samples
+    if layers is not None:
+        layers.end_batch(iwae_samples)
     return (running - math.log(iwae_samples), sum_w / iwae_samples, sum_lik / iwae_samples,
             mean)
 
@@ -328,6 +362,45 @@ def active_units(mean_codes: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESH
     return int((mean_codes.var(dim=0) > threshold).sum())
 
 
+class _Layers:
+    """Per stochastic layer of a hierarchical model, from the importance samples: E_q[z_l|x]
+    of each image as the mean over the samples of E_q[z_l|z_{l−1}] (Rao-Blackwellised: the
+    guide's mean given the sample below, not the sample of z_l itself, whose noise alone would
+    pass the active-unit threshold at K ≈ 100), and the KL term's samples per layer. Does
+    nothing for a one-layer model."""
+
+    def __init__(self, vae: VAE):
+        self.vae = vae
+        self.sites = vae.latent_sites if vae.hierarchical else ()
+        self.means: dict[str, list[torch.Tensor]] = {site: [] for site in self.sites}
+        self.kl = {site: 0.0 for site in self.sites}
+        self.count = 0
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def add(self, sites: dict) -> None:
+        """One chunk: ``{site: (z (n, B, d), log q − log p (n, B), q)}``."""
+        for site in self.sites:
+            value, kl, q = sites[site]
+            total = q.mean.expand(value.shape).sum(0)
+            self._sums[site] = self._sums[site] + total if site in self._sums else total
+            self.kl[site] += float(kl.double().sum())
+        if self.sites:
+            self.count += sites["z"][1].numel()
+
+    def end_batch(self, samples: int) -> None:
+        """The batch's E_q[z_l|x], the mean of its ``samples`` draws."""
+        for site in self.sites:
+            self.means[site].append(self._sums.pop(site) / samples)
+
+    def result(self, bottom: torch.Tensor) -> dict:
+        """``layer_dims``, ``active_units_per_layer`` (z_1's from ``bottom``, the exact
+        E_q[z_1|x] (N, d_1) where the family has it) and ``kl_per_layer``."""
+        codes = [bottom] + [torch.cat(self.means[site]) for site in self.sites[1:]]
+        return {"layer_dims": list(self.vae.layer_dims),
+                "active_units_per_layer": [active_units(c) for c in codes],
+                "kl_per_layer": [self.kl[site] / max(self.count, 1) for site in self.sites]}
+
+
 class _KLPerDim:
     """Accumulates E_x KL(q(z_u|x) ‖ p(z_u)) per latent unit u, in nats.
 
@@ -341,7 +414,8 @@ class _KLPerDim:
     def __init__(self, vae: VAE):
         self.vae = vae
         prior = vae.prior()
-        factorised = isinstance(prior, dist.Independent) and prior.base_dist.event_shape == ()
+        factorised = (isinstance(prior, dist.Independent) and prior.base_dist.event_shape == ()
+                      and not vae.hierarchical)  # p(z_1|z_2) is no fixed prior
         gaussian = vae.family.gaussian
         self.units = prior.base_dist if factorised and gaussian else None
         self.total = torch.zeros(vae.z_dim, device=next(vae.buffers()).device)
@@ -454,11 +528,21 @@ def summary_lines(result: dict) -> list[str]:
         f"(importance sampled, K = {result['iwae_samples']}{of})",
         f"bits/dim          {bits:.4f}" if bits is not None else
         "bits/dim          - (continuous likelihood: a density, not bits)",
-        f"active units      {result['active_units']} of {result['z_dim']} "
-        f"(Cov_x E[z_u|x] > 0.01)",
+        f"active units      {result['active_units']} of "
+        f"{sum(result.get('layer_dims') or [result['z_dim']])} (Cov_x E[z_u|x] > 0.01)"
+        + ("; per layer, bottom up: " + ", ".join(
+            f"{a} of {d}" for a, d in zip(result["active_units_per_layer"],
+                                          result["layer_dims"])) if "layer_dims" in result
+           else ""),
         "KL per dim        " + (" ".join(f"{v:.2f}" for v in kl) if kl is not None else
+                                "- (per layer below: z_1's prior is p(z_1|z_2))"
+                                if "kl_per_layer" in result else
                                 "- (needs a Gaussian guide and a factorised prior)"),
     ]
+    if "kl_per_layer" in result:
+        lines.append("KL per layer      " + " + ".join(f"{v:.2f}" for v in
+                                                    result["kl_per_layer"])
+                     + f" nats/{unit} (z_1 up to z_{len(result['kl_per_layer'])})")
     if "kl_terms" in result:
         t = result["kl_terms"]
         lines.append(f"KL terms          MI {t['mi']:.2f} + TC {t['tc']:.2f} + dim-KL "

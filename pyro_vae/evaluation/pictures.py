@@ -107,7 +107,7 @@ def traversal_grid(vae, x: torch.Tensor, steps: int = 9, y: torch.Tensor | None 
     z = vae.encode(x, y)[0][0]
     levels = torch.linspace(0.01, 0.99, steps, device=z.device)
     if vae.can_sample:
-        values = torch.quantile(vae.prior().sample((20000,)), levels, dim=0).T  # unit x step
+        values = torch.quantile(vae.prior_draws((20000,)), levels, dim=0).T  # unit x step
     else:
         values = z[:, None] + torch.linspace(-3, 3, steps, device=z.device)
     codes = z.repeat(vae.z_dim, steps, 1)  # unit x step x z_dim
@@ -127,7 +127,7 @@ def manifold_grid(vae, side: int = 15, label: int | None = None) -> torch.Tensor
     """
     if vae.z_dim != 2:
         raise ValueError(f"the manifold picture needs --z-dim 2, this model has {vae.z_dim}")
-    draws = vae.prior().sample((20000,))
+    draws = vae.prior_draws((20000,))
     levels = torch.linspace(0.05, 0.95, side, device=draws.device)
     q = torch.quantile(draws, levels, dim=0)  # side x 2
     grid = torch.stack(torch.meshgrid(q[:, 0], q[:, 1].flip(0), indexing="xy"), dim=-1)

@@ -80,6 +80,13 @@ class Objective(Part):
     analytic_kl: bool = False
     data_parallel: bool = True
     enumerates: bool = False
+    #: Written for a guide with one latent site (refused for ``--latent-layers`` ≥ 2, as is
+    #: ``analytic_kl``), why, and the objective to use there instead.
+    one_latent_site: bool = False
+    one_site_reason: str = ("takes each site's KL term in closed form, which is right for a "
+                            "mean-field guide only, not for layers whose guide reads the layer "
+                            "below")
+    layers_fallback: str = "trace"
 
     def estimator(self, **kwargs) -> ELBO:  # pragma: no cover - abstract
         """The Pyro ELBO, with Pyro's keyword arguments (``num_particles`` …)."""
@@ -150,6 +157,11 @@ class DReGObjective(IWAEObjective):
     needs_gaussian_guide = True
     gaussian_reason = "stops the gradient through q's parameters, which it can"
     fallback = "iwae"
+    one_latent_site = True
+    one_site_reason = ("stops the gradient through each site's q parameters, which for a "
+                       "layer whose guide reads the layer below drops part of the path "
+                       "gradient")
+    layers_fallback = "iwae"
 
     def estimator(self, **kwargs) -> ELBO:
         return DReGIWAE_ELBO(**kwargs)
@@ -361,6 +373,8 @@ class TCObjective(Objective):
     needs_factorised_prior = True
     own_beta = True
     batch_statistic = True
+    one_latent_site = True
+    one_site_reason = "splits the KL term of one latent site into MI, TC and dimension-wise KL"
 
     def estimator(self, beta: float = 1.0, **kwargs) -> ELBO:
         return TCTrace_ELBO(beta=beta, **kwargs)
