@@ -33,6 +33,13 @@ ROWS = [
     ("VampPrior", "--prior vamp", dict(prior="vamp")),
     ("flow prior", "--prior flow", dict(prior="flow")),
     ("IAF guide", "--guide iaf", dict(guide="iaf")),
+    ("two layers, IWAE K = 5", "--latent-layers 2 --elbo iwae --particles 5",
+     dict(latent_layers=2, elbo="iwae", particles=5)),
+    ("two layers, flow prior, IWAE K = 5",
+     "--latent-layers 2 --prior flow --elbo iwae --particles 5",
+     dict(latent_layers=2, prior="flow", elbo="iwae", particles=5)),
+    ("VampPrior, IWAE-DReG K = 5", "--prior vamp --elbo iwae-dreg --particles 5",
+     dict(prior="vamp", elbo="iwae-dreg", particles=5)),
 ]
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,6 +18,7 @@ __version__ = "0.2.0"
 #: Public name → module that defines it.
 _EXPORTS = {
     "VAE": "model",
+    "HierarchicalVAE": "hierarchical",
     "Config": "config",
     "ModelConfig": "config",
     "DataConfig": "config",

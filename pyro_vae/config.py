@@ -339,10 +339,10 @@ class ModelConfig:
                 "data_shape": list(self.data_shape or []) or None}
         if self.condition is None:
             del body["condition"]  # unconditional runs are written as before conditions existed
-        if self.latent_layers == 1:  # and one-layer runs as before hierarchical models
-            del body["latent_layers"], body["upper_z_dim"]
         else:
             body.update(num_classes=self.num_classes, semi_supervised=self.semi_supervised)
+        if self.latent_layers == 1:  # and one-layer runs as before hierarchical models
+            del body["latent_layers"], body["upper_z_dim"]
         if self.user_built:
             body["user_built"] = True
         for kind in PART_KINDS:

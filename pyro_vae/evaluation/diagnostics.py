@@ -14,7 +14,8 @@
 
 A conditional model is checked on its continuous latent given the condition: q(z|x, y) against
 p(z|x, y), y the images' labels or covariates; the semi-supervised model's y is its
-classifier's most probable class for each image.
+classifier's most probable class for each image. A hierarchical model's importance weights
+(k̂) are over every layer; NUTS samples every layer, and z_1 is compared with q(z_1|x).
 """
 
 from __future__ import annotations
