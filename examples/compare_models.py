@@ -81,7 +81,7 @@ def run_row(name, flags, options):
                        progress=False)
     khat = pareto_khat(vae, test[: args.khat_images])
     units = figures["active_units"]
-    total = vae.z_dim
+    total = sum(getattr(vae, "layer_dims", (vae.z_dim,)))  # every stochastic layer's units
     cells = dict(elbo=f"{metrics[-1]['test_neg_elbo']:.2f}",
                  nll=f"{figures['nll']:.2f} ± {figures['nll_stderr']:.2f}",
                  units=f"{units} / {total}", khat=f"{(khat > 0.7).mean():.0%}",

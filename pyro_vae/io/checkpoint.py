@@ -26,6 +26,7 @@ from ..config import FORMAT, FORMAT_VERSION, Config, DataConfig, TrainConfig
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..model import VAE
 from .files import atomic_write_bytes
+from .lock import LOCK_FILE
 
 #: Format 1 kept the encoder network and the family's layers inside one guide module.
 _V1_KEYS = (("encoder.body.", "encoder."), ("encoder.head.", "family.head."),
@@ -260,7 +261,7 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; give a folder path")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(path.name != LOCK_FILE for path in run_dir.iterdir()):
         if not overwrite:
             raise RunDirError(
                 f"--out {run_dir} is not empty; choose a new folder or add --overwrite"
@@ -298,6 +299,51 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
             f"cannot prepare --out {run_dir} ({err.strerror}); pick another folder"
         ) from None
     return run_dir
+
+
+#: Inside a run directory being overwritten: the new run's first checkpoint while it is
+#: written, and the old run's files for the moment of the swap.
+STAGING_DIR, PREVIOUS_DIR = ".incoming", ".previous"
+
+
+def prepare_staging(run_dir: str | os.PathLike) -> Path:
+    """An empty ``run_dir/.incoming`` for the first checkpoint of a run that overwrites the
+    run in ``run_dir`` (checked with :func:`check_run_dir` first), which stays untouched."""
+    check_run_dir(run_dir, True)
+    stage = Path(run_dir) / STAGING_DIR
+    try:
+        shutil.rmtree(stage, ignore_errors=True)  # a killed overwrite's, never a run's own
+        stage.mkdir()
+    except OSError as err:
+        raise RunDirError(f"cannot prepare --out {run_dir} ({err.strerror}); pick another "
+                          "folder") from None
+    return stage
+
+
+def swap_in(stage: str | os.PathLike, run_dir: str | os.PathLike) -> None:
+    """Replace the old run's files in ``run_dir`` by the whole checkpoint in ``stage``.
+
+    Renames only, no data written: the old run's :data:`RUN_FILES` move into
+    ``run_dir/.previous``, the new ones in (``config.json`` last, so a folder with one holds a
+    whole checkpoint), then ``.previous`` and ``stage`` are removed. A kill in between leaves
+    every file of both runs in ``run_dir``, ``.previous`` or ``.incoming``."""
+    stage, run_dir = Path(stage), Path(run_dir)
+    previous = run_dir / PREVIOUS_DIR
+    try:
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for name in RUN_FILES:
+            if (run_dir / name).exists():
+                os.replace(run_dir / name, previous / name)
+        for name in RUN_FILES:
+            if (stage / name).exists():
+                os.replace(stage / name, run_dir / name)
+        shutil.rmtree(previous)
+        shutil.rmtree(stage)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot move the new checkpoint into {run_dir} ({err.strerror}); the new run is "
+            f"in {stage}, the old one's files in {previous}") from None
 
 
 def _existing_parent(path: Path) -> Path:

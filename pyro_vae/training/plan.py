@@ -8,6 +8,7 @@ plan and pythae's trainer; :func:`fit` is a thin wrapper that reads the data and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -31,6 +32,7 @@ from ..errors import (
     CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted,
 )
 from ..io import checkpoint
+from ..io.lock import RunLock
 from ..io.data import (
     TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, hide_labels,
     load_data, num_classes, prepare_data, sample_rows)
@@ -96,9 +98,11 @@ def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
 class RunWriter:
     """The run directory of a training run, made at its first save.
 
-    An old run in ``out`` is replaced (``overwrite``) only when the new run has something to
-    save. Each file is written atomically, the training state first: a kill between writes
-    leaves a run that both loads (the previous weights) and resumes (the new state).
+    Each file is written atomically, the training state first: a kill between writes leaves a
+    run that both loads (the previous weights) and resumes (the new state). An old run in
+    ``out`` is replaced (``overwrite``) only once the new run's first checkpoint is whole on
+    disk: that checkpoint is written into ``out/.incoming`` while the old run stays untouched,
+    then renamed into place (:func:`~pyro_vae.io.checkpoint.swap_in`).
     """
 
     def __init__(self, out, overwrite: bool, config: Config, existing: bool = False):
@@ -106,10 +110,22 @@ class RunWriter:
         self.dir: Path | None = self.out if existing else None
 
     def ensure(self) -> Path:
-        """The folder, prepared (and an old run's files removed) on first use."""
+        """Where the next save goes: the run directory, or on the first save of an
+        ``overwrite`` of an old run the staging folder beside its files."""
+        if self.dir is not None:
+            return self.dir
+        if self.overwrite and checkpoint.is_run_dir(self.out):
+            target = checkpoint.prepare_staging(self.out)
+        else:
+            target = self.dir = checkpoint.prepare_run_dir(self.out, self.overwrite)
+        checkpoint.write_config(self.config, target)
+        return target
+
+    def _settle(self, written: Path) -> Path:
+        """After a save into the staging folder, put the new checkpoint in place."""
         if self.dir is None:
-            self.dir = checkpoint.prepare_run_dir(self.out, self.overwrite)
-            checkpoint.write_config(self.config, self.dir)
+            checkpoint.swap_in(written, self.out)
+            self.dir = self.out
         return self.dir
 
     def save_epoch(self, vae: VAE, optim: JointOptim, progress: dict, rows: list) -> None:
@@ -120,13 +136,14 @@ class RunWriter:
         checkpoint.save_weights(vae, run_dir)
         checkpoint.write_metrics(run_dir, rows)
         plots.save_training_curve(rows, run_dir / "training_curve.png")
+        self._settle(run_dir)
 
     def save_partial(self, vae: VAE, optim: JointOptim, progress: dict, start_rng) -> Path:
         """The training state in the middle of an epoch (``progress["partial"]``)."""
         run_dir = self.ensure()
         checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress,
                                        epoch_start_rng=start_rng)
-        return run_dir
+        return self._settle(run_dir)
 
 
 @dataclasses.dataclass
@@ -630,16 +647,31 @@ def fit(
         On SIGINT or SIGTERM, after the current step; with a run directory, the state is saved
         first (``training_state.safetensors``) and the message says how to resume.
     """
-    vae = model if isinstance(model, VAE) else None
-    state = None
+    cluster = distributed.cluster_from_env()
     if resume is not None:
         if out is not None or overwrite:
             raise ConfigError("--resume continues the run in its own folder; drop --out and "
                               "--overwrite")
-        config, out, state = _resume(resume, model, options)
+        target, command, config = resume, "pyro-vae fit --resume", None
     else:
         config = _run_config(model, options)
-    cluster = distributed.cluster_from_env()
+        target = out
+        command = "pyro-vae fit --overwrite" if overwrite else "pyro-vae fit"
+        if out is not None:
+            checkpoint.check_run_dir(out, overwrite)  # before the lock makes the folder
+    writes = (target is not None and (cluster is None or cluster.is_main)
+              and (resume is None or Path(resume).is_dir()))  # else _resume says what is wrong
+    # One writer per run directory, from before the first read to the last write.
+    with RunLock(target, command) if writes else contextlib.nullcontext():
+        return _fit(model, config, out, data, resume, overwrite, progress, cluster, options)
+
+
+def _fit(model, config, out, data, resume, overwrite, progress, cluster, options) -> FitResult:
+    """:func:`fit`, with the run directory locked."""
+    vae = model if isinstance(model, VAE) else None
+    state = None
+    if resume is not None:
+        config, out, state = _resume(resume, model, options)
     device = _check_cluster(config, cluster, resuming=state is not None)
     if cluster is not None and not cluster.is_main:
         out, progress = None, False  # rank 0 alone writes and reports
