@@ -62,7 +62,7 @@ data = pyro_vae.load_data(config)
 test = binarize_fixed(data.test)
 
 lines = [
-    "| model | flags | test −ELBO | NLL (K = 1000) | ΔNLL | active units | k̂ > 0.7 | training |",
+    f"| model | flags | test −ELBO | NLL (K = {args.iwae_samples}) | ΔNLL | active units | k̂ > 0.7 | training |",
     "|---|---|---|---|---|---|---|---|",
 ]
 baseline = None
@@ -92,14 +92,19 @@ def run_row(name, flags, options):
 for name, flags, options in chosen:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     stored = args.cache / f"{slug}-{args.epochs}-epochs.npz" if args.cache else None
-    if stored is not None and stored.exists():
+    settings = f"limit={args.limit} eval_images={args.eval_images} K={args.iwae_samples} " \
+               f"khat_images={args.khat_images}"
+    default = "limit=None eval_images=2000 K=1000 khat_images=200"
+    if stored is not None and stored.exists() and str(
+            np.load(stored).get("settings", default)) == settings:
         saved = np.load(stored)
-        cells, per_image = {k: str(saved[k]) for k in saved.files if k != "per_image"}, saved["per_image"]
+        cells = {k: str(saved[k]) for k in saved.files if k not in ("per_image", "settings")}
+        per_image = saved["per_image"]
     else:
         cells, per_image = run_row(name, flags, options)
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(stored, per_image=per_image, **cells)
+            np.savez(stored, per_image=per_image, settings=settings, **cells)
     if baseline is None:
         baseline, delta = per_image, "—"
     else:

@@ -308,10 +308,12 @@ class ModelConfig:
                 f"use --guide {_names(FAMILIES, 'gaussian')} or a fixed prior ({fixed})")
         if self.latent_layers > 1:
             self._check_layers(prior, family)
-        for part, dim in ((prior, self.layer_dims[-1]), (family, self.z_dim)):
+        top = "--upper-z-dim (of the top layer)" if self.latent_layers > 1 else "--z-dim"
+        for part, dim, flag in ((prior, self.layer_dims[-1], top),
+                                (family, self.z_dim, "--z-dim")):
             least, why = part.min_z_dim
             if dim < least:
-                raise ConfigError(f"{why} (--{part.kind} {part.name}) need --z-dim ≥ {least}")
+                raise ConfigError(f"{why} (--{part.kind} {part.name}) need {flag} ≥ {least}")
         if self.data_shape is not None:
             problem = self.arch.build().check_data_shape(self.data_shape)
             if problem is not None:

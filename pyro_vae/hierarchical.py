@@ -44,8 +44,8 @@ class GaussianLayer(nn.Module):
     N(μ(z_in), diag σ²(z_in)) with batch shape (…) and event shape (out_dim,).
 
     μ and log σ² come from one linear head on an MLP of ``hidden`` tanh units, Burda et al.'s
-    (2016, §5) layers between stochastic layers (two of 50 units between their 100- and
-    50-unit layers).
+    (2016, §5) layers between stochastic layers (two of 100 units between their 100- and
+    50-unit layers, as wide as the lower one).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int]):
@@ -122,7 +122,8 @@ class HierarchicalVAE(VAE):
     def from_config(cls, config) -> "HierarchicalVAE":
         """The model that ``config`` (a :class:`~pyro_vae.config.Config` or its model section,
         ``latent_layers`` ≥ 2) names, with :class:`GaussianLayer` s of two hidden layers as
-        wide as the layer above between stochastic layers (Burda et al. 2016, §5)."""
+        wide as the layer below between stochastic layers, each way (Burda et al. 2016, §5: two
+        of 100 units between their 100- and 50-unit layers)."""
         from .config import Config
 
         config = config.model if isinstance(config, Config) else config
@@ -135,8 +136,8 @@ class HierarchicalVAE(VAE):
         family = config.guide.build(features, dims[0])
         decoder = network.decoder(dims[0], shape, likelihood.params_per_dim)
         prior = config.prior.build(z_dim=dims[-1], input_dim=config.input_dim)
-        upward = [GaussianLayer(low, high, (high, high)) for low, high in zip(dims, dims[1:])]
-        downward = [GaussianLayer(high, low, (high, high)) for low, high in zip(dims, dims[1:])]
+        upward = [GaussianLayer(low, high, (low, low)) for low, high in zip(dims, dims[1:])]
+        downward = [GaussianLayer(high, low, (low, low)) for low, high in zip(dims, dims[1:])]
         vae = cls(encoder, decoder, prior, likelihood, family, upward=upward,
                   downward=downward, layer_dims=dims, data_shape=shape,
                   standardize=config.standardizes)

@@ -155,8 +155,13 @@ def test_layer_dimensions_default_to_halving_and_follow_upper_z_dim():
     assert Config(latent_layers=3, z_dim=20).model.layer_dims == (20, 10, 5)
     assert Config(latent_layers=2, z_dim=64, upper_z_dim=(7,)).model.layer_dims == (64, 7)
     # The flow prior is over the top layer, so its least dimension applies there.
-    with pytest.raises(ConfigError, match="need --z-dim ≥ 2"):
+    with pytest.raises(ConfigError, match=r"need --upper-z-dim \(of the top layer\) ≥ 2"):
         Config(latent_layers=2, z_dim=20, upper_z_dim=(1,), prior="flow")
+    # Burda et al.'s layers between z_1 (100) and z_2 (50): two of 100 tanh units each way.
+    vae = VAE.from_config(Config(latent_layers=2, z_dim=100, data_shape=(28, 28)))
+    for layer in (*vae.upward, *vae.downward):
+        widths = [m.out_features for m in layer.body.modules() if isinstance(m, torch.nn.Linear)]
+        assert widths == [100, 100]
     # A one-layer run's config.json has no trace of layers, as before they existed.
     assert "latent_layers" not in Config(data_shape=(28, 28)).to_dict()["model"]
 
@@ -194,3 +199,14 @@ def test_two_layer_run_trains_saves_evaluates_and_draws_from_the_cli(fmnist_npz,
     assert refused.exit_code != 0 and "one latent site" in refused.output
     assert not (tmp_path / "no").exists()
     assert math.isfinite(result["nll"])
+
+
+def test_an_iaf_guide_under_two_layers_evaluates_with_the_kl_split_by_layer(fmnist_small):
+    pyro.set_rng_seed(0)
+    vae = VAE.from_config(Config(latent_layers=2, guide="iaf", z_dim=8, hidden=(32,),
+                                 data_shape=(28, 28)))
+    x = binarize_fixed(fmnist_small.test[:64])
+    result = evaluate(vae, x, iwae_samples=20, progress=False)
+    assert result["layer_dims"] == [8, 4]
+    assert len(result["active_units_per_layer"]) == 2
+    assert sum(result["kl_per_layer"]) == pytest.approx(result["kl"], rel=1e-3, abs=1e-3)

@@ -118,3 +118,44 @@ def test_overwrite_keeps_the_old_run_whole_until_the_new_checkpoint_is_on_disk(
     fit(out=run, overwrite=True, epochs=1, z_dim=3, **small)
     assert load(run).z_dim == 3
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("moves, survivor", [(2, 2), (9, 3)])
+def test_a_kill_inside_the_overwrite_swap_is_repaired_by_the_next_writer(
+        moves, survivor, fmnist_small, tmp_path, monkeypatch):
+    """Killed after ``moves`` renames of the swap: while the old run's files move out (2), the
+    next writer puts them back and the old run (z = 2) is whole; while the new one's move in
+    (9: the old run's seven files out, two of the new in), it finishes the swap (z = 3)."""
+    from pyro_vae import load
+    from pyro_vae.io import checkpoint
+
+    run = tmp_path / "run"
+    small = dict(data=fmnist_small, limit=300, hidden=(16,), progress=False)
+    fit(out=run, epochs=1, z_dim=2, **small)
+    real_swap, real_replace = checkpoint.swap_in, os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def swap_then_die(stage, run_dir):
+        count = iter(range(1, 100))
+
+        def replace(src, dst):
+            if next(count) > moves:
+                raise Killed
+            real_replace(src, dst)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", replace)
+            real_swap(stage, run_dir)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "swap_in", swap_then_die)
+        with pytest.raises(Killed):
+            fit(out=run, overwrite=True, epochs=1, z_dim=3, **small)
+    assert (run / checkpoint.PREVIOUS_DIR).is_dir()
+    _, rows = fit(resume=run, epochs=2, data=fmnist_small, progress=False)  # repairs first
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert load(run).z_dim == survivor
+    assert not (run / checkpoint.PREVIOUS_DIR).exists()
+    assert not (run / checkpoint.STAGING_DIR).exists()

@@ -381,15 +381,17 @@ class _Layers:
         """One chunk: ``{site: (z (n, B, d), log q − log p (n, B), q)}``."""
         for site in self.sites:
             value, kl, q = sites[site]
+            self.kl[site] += float(kl.double().sum())
+            if site == "z":  # z_1's mean comes from the family (an IAF's q has no .mean)
+                continue
             total = q.mean.expand(value.shape).sum(0)
             self._sums[site] = self._sums[site] + total if site in self._sums else total
-            self.kl[site] += float(kl.double().sum())
         if self.sites:
             self.count += sites["z"][1].numel()
 
     def end_batch(self, samples: int) -> None:
         """The batch's E_q[z_l|x], the mean of its ``samples`` draws."""
-        for site in self.sites:
+        for site in self.sites[1:]:
             self.means[site].append(self._sums.pop(site) / samples)
 
     def result(self, bottom: torch.Tensor) -> dict:

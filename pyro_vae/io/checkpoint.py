@@ -304,6 +304,32 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
 #: Inside a run directory being overwritten: the new run's first checkpoint while it is
 #: written, and the old run's files for the moment of the swap.
 STAGING_DIR, PREVIOUS_DIR = ".incoming", ".previous"
+#: In ``.previous``: every old file has been moved out, so the swap can only go forward.
+MOVED_MARK = ".moved"
+
+
+def recover_swap(run_dir: str | os.PathLike) -> None:
+    """Finish or undo a :func:`swap_in` that a kill interrupted, and drop a killed overwrite's
+    staging folder. Call it holding the run's lock, before reading the run.
+
+    Killed while the old files moved out: they go back, and the old run is whole again (the
+    new run, which had trained one epoch or less, is dropped). Killed while the new files
+    moved in: the rest follow, and the new run is whole.
+    """
+    run_dir = Path(run_dir)
+    previous, stage = run_dir / PREVIOUS_DIR, run_dir / STAGING_DIR
+    try:
+        if previous.is_dir():
+            source = stage if (previous / MOVED_MARK).exists() else previous
+            for name in RUN_FILES:
+                if (source / name).exists():
+                    os.replace(source / name, run_dir / name)
+            shutil.rmtree(previous)
+        if stage.is_dir():
+            shutil.rmtree(stage)
+    except OSError as err:
+        raise RunDirError(f"cannot repair the interrupted --overwrite in {run_dir} "
+                          f"({err.strerror}); its files are in {previous} and {stage}") from None
 
 
 def prepare_staging(run_dir: str | os.PathLike) -> Path:
@@ -326,7 +352,8 @@ def swap_in(stage: str | os.PathLike, run_dir: str | os.PathLike) -> None:
     Renames only, no data written: the old run's :data:`RUN_FILES` move into
     ``run_dir/.previous``, the new ones in (``config.json`` last, so a folder with one holds a
     whole checkpoint), then ``.previous`` and ``stage`` are removed. A kill in between leaves
-    every file of both runs in ``run_dir``, ``.previous`` or ``.incoming``."""
+    every file of both runs in ``run_dir``, ``.previous`` or ``.incoming``, and the next writer
+    puts one of them back whole (:func:`recover_swap`)."""
     stage, run_dir = Path(stage), Path(run_dir)
     previous = run_dir / PREVIOUS_DIR
     try:
@@ -335,6 +362,7 @@ def swap_in(stage: str | os.PathLike, run_dir: str | os.PathLike) -> None:
         for name in RUN_FILES:
             if (run_dir / name).exists():
                 os.replace(run_dir / name, previous / name)
+        (previous / MOVED_MARK).touch()  # from here on, a recovery finishes the swap
         for name in RUN_FILES:
             if (stage / name).exists():
                 os.replace(stage / name, run_dir / name)

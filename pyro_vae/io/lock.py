@@ -87,7 +87,7 @@ class RunLock:
         self.run_dir, self.command = Path(run_dir), command
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
-        self._created = False
+        self._created: Path | None = None  # the topmost folder this lock made
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -100,18 +100,12 @@ class RunLock:
         """Take the lock now or raise :class:`RunDirError`; never waits."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirError(f"{self.run_dir} is a file; give a folder path")
-        try:
-            if not self.run_dir.exists():
-                self.run_dir.mkdir(parents=True)
-                self._created = True
-        except FileExistsError:
-            pass  # another process made it just now: the lock decides
-        except OSError as err:
-            raise RunDirError(f"cannot create {self.run_dir} ({err.strerror}); pick another "
-                              "folder") from None
         while True:
+            self._make_folder()
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # a holder that made the folder removed it as it let go: make it again
             except OSError as err:
                 self._remove_folder()
                 raise RunDirError(f"cannot lock {self.run_dir} ({err.strerror}); pick a "
@@ -130,8 +124,32 @@ class RunLock:
         self._fd = fd
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+        except OSError as err:
+            self.release()
+            raise RunDirError(f"cannot write the lock file {self.path} ({err.strerror}); free "
+                              "some space or pick another folder") from None
+
+    def _make_folder(self) -> None:
+        """Create the run directory and missing parents, remembering the topmost one made."""
+        missing = []
+        folder = self.run_dir
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # another process made it just now: the lock decides
+            except OSError as err:
+                self._remove_folder()
+                raise RunDirError(f"cannot create {self.run_dir} ({err.strerror}); pick "
+                                  "another folder") from None
+            if self._created is None:
+                self._created = folder
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (a no-op if not held)."""
@@ -149,13 +167,20 @@ class RunLock:
         self._remove_folder()
 
     def _remove_folder(self) -> None:
-        """Remove the folder this lock created if nothing else went into it."""
-        if self._created:
-            try:
-                self.run_dir.rmdir()
-            except OSError:
-                pass  # not empty: a run was written, or someone else's files
-            self._created = False
+        """Remove the folders this lock created (the run directory and the parents it made)
+        where nothing else went into them."""
+        if self._created is None:
+            return
+        folder = self.run_dir
+        try:
+            while True:
+                folder.rmdir()
+                if folder == self._created:
+                    break
+                folder = folder.parent
+        except OSError:
+            pass  # not empty: a run was written, or someone else's files
+        self._created = None
 
     def _refusal(self) -> str:
         record = holder(self.run_dir) or {}

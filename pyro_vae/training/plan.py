@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -128,22 +129,33 @@ class RunWriter:
             self.dir = self.out
         return self.dir
 
+    @contextlib.contextmanager
+    def _saving(self):
+        """The folder to save into; a staging folder that a failed save leaves is removed."""
+        run_dir = self.ensure()
+        try:
+            yield run_dir
+        except BaseException:
+            if self.dir is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        self._settle(run_dir)
+
     def save_epoch(self, vae: VAE, optim: JointOptim, progress: dict, rows: list) -> None:
         """Training state, config, weights, metrics and training curve after an epoch."""
-        run_dir = self.ensure()
-        checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress)
-        checkpoint.write_config(self.config, run_dir)
-        checkpoint.save_weights(vae, run_dir)
-        checkpoint.write_metrics(run_dir, rows)
-        plots.save_training_curve(rows, run_dir / "training_curve.png")
-        self._settle(run_dir)
+        with self._saving() as run_dir:
+            checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress)
+            checkpoint.write_config(self.config, run_dir)
+            checkpoint.save_weights(vae, run_dir)
+            checkpoint.write_metrics(run_dir, rows)
+            plots.save_training_curve(rows, run_dir / "training_curve.png")
 
     def save_partial(self, vae: VAE, optim: JointOptim, progress: dict, start_rng) -> Path:
         """The training state in the middle of an epoch (``progress["partial"]``)."""
-        run_dir = self.ensure()
-        checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress,
-                                       epoch_start_rng=start_rng)
-        return self._settle(run_dir)
+        with self._saving() as run_dir:
+            checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress,
+                                           epoch_start_rng=start_rng)
+        return self.dir
 
 
 @dataclasses.dataclass
@@ -635,7 +647,9 @@ def fit(
     Raises
     ------
     ConfigError, DataError, RunDirError
-        For invalid options, data or output folders, before anything in ``out`` changes.
+        For invalid options, data or output folders, before anything in ``out`` changes;
+        RunDirError also at once if another process is writing ``out`` (or ``resume``): the
+        run directory is locked for the whole call (:class:`~pyro_vae.io.lock.RunLock`).
     TrainingError
         If the loss or a gradient becomes non-finite (after ``skip_nonfinite`` skipped
         batches). An old run in ``out`` is only replaced once the new run has a checkpoint to
@@ -657,12 +671,14 @@ def fit(
         config = _run_config(model, options)
         target = out
         command = "pyro-vae fit --overwrite" if overwrite else "pyro-vae fit"
-        if out is not None:
+        if out is not None and not (Path(out) / checkpoint.PREVIOUS_DIR).exists():
             checkpoint.check_run_dir(out, overwrite)  # before the lock makes the folder
     writes = (target is not None and (cluster is None or cluster.is_main)
               and (resume is None or Path(resume).is_dir()))  # else _resume says what is wrong
     # One writer per run directory, from before the first read to the last write.
     with RunLock(target, command) if writes else contextlib.nullcontext():
+        if writes:
+            checkpoint.recover_swap(target)  # a killed --overwrite's, before anything reads
         return _fit(model, config, out, data, resume, overwrite, progress, cluster, options)
 
 
