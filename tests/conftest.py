@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,14 @@ def snapshot(folder: Path) -> dict[str, str]:
             p = Path(root) / name
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def slow_fit_process(dataset: Path, out: Path) -> subprocess.Popen:
+    """A real ``pyro-vae fit`` process writing ``out``, with wide layers and small batches:
+    epochs of 40 steps that each take a noticeable time, for tests that signal it, kill it or
+    write beside it while it trains."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", str(dataset),
+         "--hidden", "2000", "--hidden", "2000", "--batch-size", "50", "--epochs", "100",
+         "--quiet", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -53,13 +53,10 @@ def _refused_within_a_second(pid, **options):
 
 def test_concurrent_writers_are_refused_at_once_and_a_killed_holder_blocks_nothing(
         fmnist_npz, fmnist_small, tmp_path):
+    from conftest import slow_fit_process
+
     run = tmp_path / "run"
-    # Wide layers and small batches: epochs long enough to ask in the first one.
-    holder_proc = subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", str(fmnist_npz),
-         "--hidden", "2000", "--hidden", "2000", "--batch-size", "50", "--epochs", "100",
-         "--quiet", "--out", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder_proc = slow_fit_process(fmnist_npz, run)  # epochs long enough to ask in the first
     try:
         deadline = time.time() + 120
         while (holder(run) or {}).get("pid") != holder_proc.pid and time.time() < deadline:

@@ -172,18 +172,12 @@ def test_a_full_disk_mid_run_fails_in_one_line_and_keeps_the_last_checkpoint(fmn
 def test_a_second_ctrl_c_quits_at_once_and_the_last_checkpoint_stays_whole(fmnist_npz,
                                                                            tmp_path):
     import signal
-    import subprocess
-    import sys
     import time
 
+    from conftest import slow_fit_process
+
     out = tmp_path / "run"
-    # Wide layers and small batches: epochs of 40 steps that each take a noticeable time, so
-    # a signal sent early in an epoch lands inside a step.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae.cli", "fit", "--dataset", str(fmnist_npz),
-         "--hidden", "2000", "--hidden", "2000", "--batch-size", "50", "--epochs", "100",
-         "--quiet", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = slow_fit_process(fmnist_npz, out)  # steps long enough for a signal to land inside
     state = out / "training_state.safetensors"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:

@@ -315,6 +315,11 @@ def recover_swap(run_dir: str | os.PathLike) -> None:
     Killed while the old files moved out: they go back, and the old run is whole again (the
     new run, which had trained one epoch or less, is dropped). Killed while the new files
     moved in: the rest follow, and the new run is whole.
+
+    Raises
+    ------
+    RunDirError
+        If a file cannot be moved back, naming where both runs' files are.
     """
     run_dir = Path(run_dir)
     previous, stage = run_dir / PREVIOUS_DIR, run_dir / STAGING_DIR
@@ -334,7 +339,12 @@ def recover_swap(run_dir: str | os.PathLike) -> None:
 
 def prepare_staging(run_dir: str | os.PathLike) -> Path:
     """An empty ``run_dir/.incoming`` for the first checkpoint of a run that overwrites the
-    run in ``run_dir`` (checked with :func:`check_run_dir` first), which stays untouched."""
+    run in ``run_dir`` (checked with :func:`check_run_dir` first), which stays untouched.
+
+    Raises
+    ------
+    RunDirError
+        As :func:`check_run_dir`, or if the folder cannot be made."""
     check_run_dir(run_dir, True)
     stage = Path(run_dir) / STAGING_DIR
     try:
@@ -353,7 +363,12 @@ def swap_in(stage: str | os.PathLike, run_dir: str | os.PathLike) -> None:
     ``run_dir/.previous``, the new ones in (``config.json`` last, so a folder with one holds a
     whole checkpoint), then ``.previous`` and ``stage`` are removed. A kill in between leaves
     every file of both runs in ``run_dir``, ``.previous`` or ``.incoming``, and the next writer
-    puts one of them back whole (:func:`recover_swap`)."""
+    puts one of them back whole (:func:`recover_swap`).
+
+    Raises
+    ------
+    CheckpointError
+        If a rename fails, naming the folders that hold the two runs' files."""
     stage, run_dir = Path(stage), Path(run_dir)
     previous = run_dir / PREVIOUS_DIR
     try:
