@@ -149,12 +149,18 @@ def fit(ctx: click.Context, out: str | None, overwrite: bool, resume: str | None
     from .config import data_unit
 
     last = result.metrics[-1]
+    kept = result.metrics[result.kept_epoch - 1] if result.metrics else last
     unit = data_unit(result.model.data_shape)
-    accuracy = f", test accuracy {last['test_accuracy']:.1%}" if "test_accuracy" in last else ""
+    accuracy = f", test accuracy {kept['test_accuracy']:.1%}" if "test_accuracy" in kept else ""
+    stopped = " (stopped early)" if result.stopped_early else ""
+    chosen = ""
+    if "validation_neg_elbo" in kept:
+        chosen = (f"; kept epoch {kept['epoch']}, validation -ELBO "
+                  f"{kept['validation_neg_elbo']:.2f}")
     click.echo(
-        f"done: {last['epoch']} epochs in {time.perf_counter() - started:.0f} s; "
-        f"test -ELBO {last['test_neg_elbo']:.2f} nats/{unit} "
-        f"(train {last['train_neg_elbo']:.2f}){accuracy}; run written to {out}")
+        f"done: {last['epoch']} epochs{stopped} in {time.perf_counter() - started:.0f} s"
+        f"{chosen}; test -ELBO {kept['test_neg_elbo']:.2f} nats/{unit} "
+        f"(train {kept['train_neg_elbo']:.2f}){accuracy}; run written to {out}")
 
 
 @main.command(cls=_Command)

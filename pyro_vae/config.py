@@ -110,6 +110,19 @@ def _corruption(spec: Any) -> str | None:
     return None
 
 
+def _lr_schedule(spec: Any) -> str | None:
+    from .training.lr_schedule import parse_lr_schedule
+
+    parse_lr_schedule(spec)  # raises its own one-line ConfigError
+    return None
+
+
+def _fraction(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        return "must be a share in [0, 1), e.g. 0.1"
+    return None
+
+
 @dataclass(frozen=True)
 class PartChoice:
     """One chosen part: its ``kind`` (``"prior"`` …), registered ``name`` and every option's
@@ -398,6 +411,14 @@ class DataConfig:
         "their class a latent site summed out exactly; all keeps every label (a training label "
         "of -1 marks an image without one).", _labelled,
         metavar="N|all")
+    validation_fraction: float | None = option(
+        float, None, "Share of the training data held out (seeded, the same rows whatever "
+        "--seed) as the validation set that --early-stopping, --lr-schedule plateau and the "
+        "kept best model go by; never the test set. Default: 0.1 when --early-stopping or "
+        "--lr-schedule plateau needs one, else 0 (no validation set).", _fraction, metavar="F")
+    validation_dataset: str | None = option(
+        str, None, "Separate validation file (.npy, .npz with x_test, .csv or .parquet), "
+        "instead of --validation-fraction.", metavar="PATH")
     stream: bool | None = option(
         bool, None, ".npy files: leave the training rows in the file and read them batch by "
         "batch through a memory map, shuffled in blocks. Default: when the file is larger than "
@@ -424,6 +445,8 @@ class DataConfig:
                 raise ConfigError(f"{name} must be true, false or null (automatic), got "
                                   f"{value!r}")
         _validate_fields(self)
+        if self.validation_dataset is not None and self.validation_fraction:
+            raise ConfigError("give --validation-fraction or --validation-dataset, not both")
         table = str(self.dataset).lower().endswith((".csv", ".parquet"))
         for name in ("label_column", "drop_non_numeric"):
             if getattr(self, name) and not table:
@@ -491,6 +514,19 @@ class TrainConfig:
     checkpoint_every: int | None = option(
         int, None, "Also save the training state every STEPS steps, not only after each epoch.",
         positive_int, metavar="STEPS")
+    early_stopping: int | None = option(
+        int, None, "Stop when the validation -ELBO has not improved by --min-delta for "
+        "PATIENCE epochs in a row (--epochs stays the upper bound); the run keeps the model of "
+        "its best epoch.", positive_int, metavar="PATIENCE")
+    min_delta: float = option(
+        float, 0.0, "--early-stopping: the least fall of the validation -ELBO (nats per image) "
+        "that counts as an improvement.", _non_negative, metavar="NATS")
+    lr_schedule: str = option(
+        str, "constant", "Learning rate per epoch: constant; plateau[:FACTOR,PATIENCE] "
+        "(ReduceLROnPlateau on the validation -ELBO; default 0.5,2); cosine[:WARMUP] (linear "
+        "warm-up over WARMUP epochs, then cosine annealing to the last epoch; default 1); "
+        "step[:EVERY,GAMMA] (times GAMMA every EVERY epochs; default 10,0.5).", _lr_schedule,
+        metavar="SCHEDULE")
     epochs: int | None = option(
         int, None, "Training epochs. Default: 10; for real-valued vectors and tables, enough "
         "for about 3000 SVI steps (10 to 400).", positive_int)

@@ -46,7 +46,7 @@ def test_format1_run_resumes_exactly_and_is_written_as_format2(name, tmp_path, f
     shutil.copytree(FIXTURES / name, tmp_path / "run")
     _, rows = fit(resume=tmp_path / "run", epochs=2, progress=False)
     row = {k: v for k, v in rows[-1].items() if k != "train_seconds"}
-    new = {"test_mi", "test_tc", "test_dim_kl"}  # reported since; not by the stored epoch
+    new = {"test_mi", "test_tc", "test_dim_kl", "lr"}  # reported since; not by the stored epoch
     assert {k: v for k, v in row.items() if k not in new} == EXPECTED[name][1]
     metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     # The first epoch's row, written before them, leaves those columns empty.

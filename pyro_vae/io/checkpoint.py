@@ -92,12 +92,27 @@ def save(vae: VAE, run_dir: str | os.PathLike, config: Config | None = None) -> 
     save_weights(vae, run_dir)
 
 
-def save_weights(vae: VAE, run_dir: str | os.PathLike) -> None:
-    """Write ``run_dir/model.safetensors``, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
-    atomic_write_bytes(Path(run_dir) / WEIGHTS_FILE,
-                       save_safetensors(state, metadata={"format": FORMAT,
-                                                         "format_version": str(FORMAT_VERSION)}))
+def save_weights(vae: VAE, run_dir: str | os.PathLike, state: dict | None = None,
+                 epoch: int | None = None) -> None:
+    """Write ``run_dir/model.safetensors``, atomically: the weights of ``vae``, or ``state``
+    (a state dict of it, such as the best epoch's) instead; ``epoch``, the epoch they come
+    from, goes into the file's metadata."""
+    state = vae.state_dict() if state is None else state
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    if epoch is not None:
+        metadata["epoch"] = str(epoch)
+    atomic_write_bytes(Path(run_dir) / WEIGHTS_FILE, save_safetensors(state, metadata=metadata))
+
+
+def read_weights(run_dir: str | os.PathLike) -> tuple[dict, dict] | None:
+    """The tensors and metadata of ``run_dir/model.safetensors``, or None when it is missing
+    or unreadable (nothing is unpickled)."""
+    try:
+        data = (Path(run_dir) / WEIGHTS_FILE).read_bytes()
+        return load_safetensors(data), _metadata(data)
+    except (SafetensorError, ValueError, OSError):
+        return None
 
 
 def write_config(config: Config, run_dir: str | os.PathLike) -> None:

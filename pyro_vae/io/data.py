@@ -45,6 +45,10 @@ TEST_BINARIZE_SEED = 0
 #: Seed of the 10% hold-out split, fixed so the test set does not depend on ``--seed``.
 HOLDOUT_SEED = 0
 HOLDOUT_FRACTION = 0.1
+#: Seed of the validation split of the training rows, fixed so that it does not depend on
+#: ``--seed`` either, and its share when a run needs a validation set and names none.
+VALIDATION_SEED = 1
+VALIDATION_FRACTION = 0.1
 
 _TORCHVISION_CLASS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
 #: Datasets generated on demand (:mod:`pyro_vae.io.shapes`), with known generative factors.
@@ -79,6 +83,9 @@ class Data:
     train_covariates, test_covariates : Tensor or None
         (N, C) and (M, C) float32 covariates of a model conditioned on table columns
         (:func:`split_covariates`), taken out of the rows.
+    valid, valid_labels, valid_covariates : optional
+        A validation set of V rows, as the test set: held out of the training rows
+        (:func:`split_validation`) or read from ``--validation-dataset``; None without one.
 
     The training labels of a semi-supervised run hold −1 for the images without a label: as
     the data came, or hidden by :func:`hide_labels`.
@@ -90,8 +97,11 @@ class Data:
                  columns: tuple[str, ...] | None = None,
                  classes: tuple[str, ...] | None = None,
                  train_covariates: torch.Tensor | None = None,
-                 test_covariates: torch.Tensor | None = None):
-        self.train_rows, self.test_rows = train, test
+                 test_covariates: torch.Tensor | None = None, valid=None,
+                 valid_labels: torch.Tensor | None = None,
+                 valid_covariates: torch.Tensor | None = None):
+        self.train_rows, self.test_rows, self.valid_rows = train, test, valid
+        self.valid_labels, self.valid_covariates = valid_labels, valid_covariates
         self.data_shape = tuple(data_shape)
         self.train_labels, self.test_labels, self.source = train_labels, test_labels, source
         self.columns, self.classes = columns, classes
@@ -119,21 +129,26 @@ class Data:
                   "train_labels": self.train_labels, "test_labels": self.test_labels,
                   "source": self.source, "columns": self.columns, "classes": self.classes,
                   "train_covariates": self.train_covariates,
-                  "test_covariates": self.test_covariates}
+                  "test_covariates": self.test_covariates, "valid": self.valid_rows,
+                  "valid_labels": self.valid_labels, "valid_covariates": self.valid_covariates}
         return Data(**{**fields, **changes})
 
-    def conditions(self, condition: str | None, test: bool = False) -> torch.Tensor | None:
+    def conditions(self, condition: str | None, test: bool = False,
+                   split: str | None = None) -> torch.Tensor | None:
         """What a model conditioned on ``condition`` (``"label"``, table columns, or None)
-        reads beside the training (or ``test``) rows: labels (N,) int64, covariates (N, C), or
-        None."""
+        reads beside the rows of ``split`` (``"train"``, ``"test"`` or ``"valid"``; ``test``
+        is ``split="test"``): labels (N,) int64, covariates (N, C), or None."""
+        split = split or ("test" if test else "train")
         if condition is None:
             return None
         if condition == "label":
-            return self.test_labels if test else self.train_labels
-        return self.test_covariates if test else self.train_covariates
+            return getattr(self, f"{split}_labels")
+        return getattr(self, f"{split}_covariates")
 
     def __repr__(self) -> str:
-        return (f"Data({self.train_rows.shape[0]} training and {self.test_rows.shape[0]} test "
+        valid = (f", {self.valid_rows.shape[0]} validation" if self.valid_rows is not None
+                 else "")
+        return (f"Data({self.train_rows.shape[0]} training{valid} and {self.test_rows.shape[0]} test "
                 f"points of shape {self.data_shape} from {self.source or 'memory'})")
 
     @property
@@ -213,7 +228,8 @@ def load_data(config: Config) -> Data:
         infinite values, values outside the likelihood's support, or fewer training images
         than one batch.
     """
-    return prepare_data(read_data(config.data, counts=_counts(config)), config)
+    return prepare_data(read_validation(read_data(config.data, counts=_counts(config)),
+                                        config), config)
 
 
 def _counts(config: Config) -> bool:
@@ -258,10 +274,81 @@ def read_data(source: DataConfig, counts: bool = False) -> Data:
     return data
 
 
+def read_validation(data: Data, config: Config) -> Data:
+    """``data`` with the validation set of ``--validation-dataset`` (a .npy, a .npz's
+    ``x_test`` or ``x_train``, or a table read by the training table's column names), if the
+    run names one.
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read or holds data of another shape than the training data.
+    """
+    path = config.data.validation_dataset
+    if path is None:
+        return data
+    source = dataclasses.replace(config.data, columns=config.data.columns or data.columns,
+                                 classes=config.data.classes or data.classes)
+    rows, labels, shape = _read_test_file(path, source, _counts(config))
+    if shape != data.data_shape:
+        raise DataError(f"{path} holds data of shape {shape} but the training data have shape "
+                        f"{data.data_shape}; give a validation file matching the training data")
+    return data.replace(valid=rows, valid_labels=labels)
+
+
+def validation_share(config: Config) -> float:
+    """The share of the training rows to hold out for validation: ``--validation-fraction``;
+    by default :data:`VALIDATION_FRACTION` when ``--early-stopping`` or ``--lr-schedule
+    plateau`` needs a validation set, else 0; 0 when ``--validation-dataset`` is given."""
+    from ..training.lr_schedule import parse_lr_schedule
+
+    if config.data.validation_dataset is not None:
+        return 0.0
+    if config.data.validation_fraction is not None:
+        return float(config.data.validation_fraction)
+    needed = (config.train.early_stopping is not None
+              or parse_lr_schedule(config.train.lr_schedule).needs_validation)
+    return VALIDATION_FRACTION if needed else 0.0
+
+
+def split_validation(data: Data, fraction: float) -> Data:
+    """``data`` with a seeded share ``fraction`` of its training rows (at least one) moved to
+    its validation set, labels and covariates with them; the same rows whatever ``--seed``
+    (:data:`VALIDATION_SEED`), both parts in their original order. Streamed rows stay in their
+    file.
+
+    Raises
+    ------
+    DataError
+        If no training row would be left.
+    """
+    n = data.train_rows.shape[0]
+    n_valid = max(1, math.ceil(fraction * n))
+    if n_valid >= n:
+        raise DataError(f"--validation-fraction {fraction} of {n} training "
+                        f"{data_unit(data.data_shape)}s leaves none to train on; give a smaller "
+                        "share or more data")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    train_idx, valid_idx = perm[n_valid:].sort().values, perm[:n_valid].sort().values
+
+    def pick(t, index):
+        if t is None:
+            return None
+        return t.subset(index.numpy()) if isinstance(t, MappedRows) else t[index]
+
+    return data.replace(
+        train=pick(data.train_rows, train_idx), valid=pick(data.train_rows, valid_idx),
+        train_labels=pick(data.train_labels, train_idx),
+        valid_labels=pick(data.train_labels, valid_idx),
+        train_covariates=pick(data.train_covariates, train_idx),
+        valid_covariates=pick(data.train_covariates, valid_idx))
+
+
 def prepare_data(data: Data, config: Config) -> Data:
     """Take a table's covariate columns out of the features (``--condition NAMES``,
-    :func:`split_covariates`), apply ``config.limit`` to ``data`` and check it with
-    :func:`check_data` and :func:`check_labels`.
+    :func:`split_covariates`), apply ``config.limit`` to ``data``, hold out the validation
+    share of its training rows (:func:`validation_share`, :func:`split_validation`) and check
+    it with :func:`check_data` and :func:`check_labels`.
 
     Returns a new :class:`Data`; ``data`` itself is left as it was.
 
@@ -278,6 +365,9 @@ def prepare_data(data: Data, config: Config) -> Data:
         data = data.replace(train=data.train_rows[: config.limit],
                             train_labels=first(data.train_labels),
                             train_covariates=first(data.train_covariates))
+    share = validation_share(config)
+    if share and data.valid_rows is None:
+        data = split_validation(data, share)
     check_data(data, config)
     check_labels(data, config)
     return data
@@ -305,7 +395,8 @@ def split_covariates(data: Data, names: tuple[str, ...]) -> Data:
     if not kept:
         raise DataError(f"--condition takes every column of {data.source} out of the "
                         "features; leave some columns to model")
-    for rows in (data.train_rows, data.test_rows):
+    valid = data.valid_rows
+    for rows in (data.train_rows, data.test_rows, *([valid] if valid is not None else [])):
         finite = torch.isfinite(as_float(rows[:, taken])).all(0)
         if not bool(finite.all()):
             name = names[int((~finite).nonzero()[0])]
@@ -313,7 +404,9 @@ def split_covariates(data: Data, names: tuple[str, ...]) -> Data:
                             "infinite values; fix or drop those rows")
     return data.replace(
         train=data.train_rows[:, kept], test=data.test_rows[:, kept], data_shape=(len(kept),),
-        train_covariates=data.train_rows[:, taken], test_covariates=data.test_rows[:, taken])
+        train_covariates=data.train_rows[:, taken], test_covariates=data.test_rows[:, taken],
+        valid=None if valid is None else valid[:, kept],
+        valid_covariates=None if valid is None else valid[:, taken])
 
 
 def num_classes(data: Data) -> int:
@@ -343,17 +436,24 @@ def check_labels(data: Data, config: Config) -> None:
             f"{model} needs the test images' labels too, and {data.source or 'the data'} has "
             "none for them; give y_test with x_test in a .npz (or leave both out to hold out "
             "labelled training images)")
-    for labels in (data.train_labels, data.test_labels):
+    semi = config.model.semi_supervised  # −1 marks a training image without a label
+    valid = data.valid_rows
+    if data.valid_labels is None and valid is not None and valid.shape[0] and not semi:
+        raise DataError(
+            f"{model} needs the validation images' labels too, and "
+            f"{config.data.validation_dataset or 'the validation set'} has none for them; give "
+            "y_test with x_test (or y_train with x_train) in the validation .npz")
+    for labels in (data.train_labels, data.test_labels, data.valid_labels):
         if labels is not None and labels.dtype != torch.int64:
             raise DataError(f"the labels of {data.source or 'the data'} are {labels.dtype}; "
                             "give int64 class numbers 0 … K−1")
-    semi = config.model.semi_supervised  # −1 marks a training image without a label
     if semi and data.train_labels.numel() and not bool((data.train_labels != -1).any()):
         raise DataError(f"--labelled needs some labels, and every training label of "
                         f"{data.source or 'the data'} is −1 (none); label some images")
     k = config.model.num_classes or num_classes(data)
-    for labels, split in ((data.train_labels, "training"), (data.test_labels, "test")):
-        if semi and split == "training" and labels is not None:
+    for labels, split in ((data.train_labels, "training"), (data.test_labels, "test"),
+                          (data.valid_labels, "validation")):
+        if semi and split in ("training", "validation") and labels is not None:
             labels = labels[labels != -1]
         if labels is None or not labels.numel():
             continue
@@ -416,6 +516,9 @@ def check_data(data: Data, config: Config) -> None:
     """Raise :class:`DataError` if ``data`` cannot be used to train the model ``config`` names."""
     check_values(data.train_rows, f"the training data from {data.source}", config)
     check_values(data.test_rows, f"the test data from {data.source}", config)
+    if data.valid_rows is not None:
+        check_values(data.valid_rows, "the validation data from "
+                     f"{config.data.validation_dataset or data.source}", config)
     if config.batch_size is not None and data.train_rows.shape[0] < config.batch_size:
         raise DataError(
             f"only {data.train_rows.shape[0]} training {data_unit(data.data_shape)}s but "

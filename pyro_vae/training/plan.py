@@ -36,12 +36,13 @@ from ..io import checkpoint
 from ..io.lock import RunLock
 from ..io.data import (
     TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, hide_labels,
-    load_data, num_classes, prepare_data, sample_rows)
+    load_data, num_classes, prepare_data, read_validation, sample_rows)
 from ..io.stream import MappedRows
 from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
 from ..registry import OBJECTIVES
 from . import distributed
+from .lr_schedule import build_scheduler, current_lr, parse_lr_schedule
 from .optim import JointOptim
 from .schedules import kl_weight, scheduled
 from .signals import StopRequest, stop_on_signals
@@ -56,10 +57,47 @@ NUM_SAMPLES, NUM_RECONSTRUCTIONS = 64, 32
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns: the trained model and one metrics dict per epoch."""
+    """What :func:`fit` returns: the trained model and one metrics dict per epoch.
+
+    With a validation set the model is that of :attr:`kept_epoch`, the epoch of the lowest
+    validation −ELBO; without one, that of the last epoch.
+    """
 
     model: VAE
     metrics: list[dict]
+
+    @property
+    def kept_epoch(self) -> int:
+        """The epoch whose weights :attr:`model` holds (and ``model.safetensors``)."""
+        return kept_epoch(self.metrics)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping ended the run before ``epochs``."""
+        return bool(self.metrics) and bool(self.metrics[-1].get("stopped_early"))
+
+
+def kept_epoch(rows: list[dict]) -> int:
+    """The epoch of the lowest validation −ELBO in the metrics ``rows`` (the first of ties; a
+    non-finite value never counts), or the last epoch when they have no validation column."""
+    scored = [(row["validation_neg_elbo"], row["epoch"]) for row in rows
+              if math.isfinite(row.get("validation_neg_elbo", math.nan))]
+    if not scored:
+        return rows[-1]["epoch"] if rows else 0
+    return min(scored)[1]
+
+
+def epochs_without_improvement(rows: list[dict], min_delta: float) -> int:
+    """Epochs since the validation −ELBO last fell by more than ``min_delta`` below the value
+    it fell to before (Keras' and Lightning's rule; the first epoch always improves)."""
+    reference, waited = math.inf, 0
+    for row in rows:
+        value = row.get("validation_neg_elbo", math.nan)
+        if value < reference - min_delta:
+            reference, waited = value, 0
+        else:
+            waited += 1
+    return waited
 
 
 @torch.no_grad()
@@ -141,12 +179,18 @@ class RunWriter:
             raise
         self._settle(run_dir)
 
-    def save_epoch(self, vae: VAE, optim: JointOptim, progress: dict, rows: list) -> None:
-        """Training state, config, weights, metrics and training curve after an epoch."""
+    def save_epoch(self, vae: VAE, optim: JointOptim, progress: dict, rows: list,
+                   kept: tuple[dict | None, int] = (None, 0)) -> None:
+        """Training state, config, weights, metrics and training curve after an epoch.
+
+        ``kept``: the weights that ``model.safetensors`` holds and their epoch, those of the
+        best epoch by validation −ELBO; (None, _) for the model as it is now."""
         with self._saving() as run_dir:
             checkpoint.save_training_state(run_dir, vae, optim.get_state(), progress)
             checkpoint.write_config(self.config, run_dir)
-            checkpoint.save_weights(vae, run_dir)
+            state, epoch = kept
+            checkpoint.save_weights(vae, run_dir, state=state,
+                                    epoch=epoch if state is not None else progress["epoch"])
             checkpoint.write_metrics(run_dir, rows)
             plots.save_training_curve(rows, run_dir / "training_curve.png")
 
@@ -209,14 +253,18 @@ class TrainingPlan:
         self.vae, self.data, self.config, self.run = vae.to(device), data, config, run
         self.progress, self.cluster, self.stop = progress, cluster, stop or StopRequest()
         self.device, self.unit = device, data_unit(data.data_shape)
-        self.train_x, self.test_x = self._place(data)
+        self.train_x, self.test_x, self.valid_x = self._place(data)
         condition = config.model.condition
-        self.train_y, self.test_y = (
+        self.train_y, self.test_y, self.valid_y = (
             None if y is None else y.to(device)
-            for y in (data.conditions(condition), data.conditions(condition, test=True)))
+            for y in (data.conditions(condition, split=split)
+                      for split in ("train", "test", "valid")))
         self.streams = self._streams()
         train = config.train
         self.optim = JointOptim(torch.optim.Adam, vae, {"lr": train.lr}, clip_norm=train.clip_norm)
+        self.scheduler = build_scheduler(train.lr_schedule, self.optim.optimizer, train.epochs)
+        #: The weights of the epoch of lowest validation −ELBO so far (on the CPU), with one.
+        self.best_state: dict | None = None
         extra = regularisers(config)
         if cluster is None:
             self.step = TrainingStep(vae, self.optim, config, extra)
@@ -229,19 +277,23 @@ class TrainingPlan:
         if OBJECTIVES[train.elbo].analytic_kl:
             self._warn_sampled_kl()
 
-    def _place(self, data: Data) -> tuple[torch.Tensor | MappedRows, torch.Tensor]:
-        """Training and test rows on the device as stored (uint8 grey levels stay uint8, and
-        binary draws are bool: converted batch by batch), binarised as the run asks; streamed
-        training rows stay in their file."""
+    def _place(self, data: Data):
+        """Training, test and validation rows (or None) on the device as stored (uint8 grey
+        levels stay uint8, and binary draws are bool: converted batch by batch), binarised as
+        the run asks; streamed rows stay in their file."""
         train_x, test_x = data.train_rows.to(self.device), data.test_rows.to(self.device)
+        valid_x = None if data.valid_rows is None else data.valid_rows.to(self.device)
         binarization = self.config.binarization
         if self.config.binarizes:  # the draws of binarize_fixed, as evaluate makes them
             generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
             test_x = binarize_rows(test_x.cpu(), generator).to(self.device)
+            if valid_x is not None:
+                generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+                valid_x = binarize_rows(valid_x.cpu(), generator).to(self.device)
         if binarization == "static":  # one draw of its own, kept for the whole run
             generator = torch.Generator().manual_seed(self.config.train.seed)
             train_x = binarize_rows(train_x.cpu(), generator).to(self.device)
-        return train_x, test_x
+        return train_x, test_x, valid_x
 
     def _streams(self) -> list[tuple[torch.Tensor | None, bool]]:
         """The training rows an epoch steps through, as one or two streams of (rows, labelled):
@@ -282,14 +334,33 @@ class TrainingPlan:
         progress = state["progress"]
         self.rows, self.first_epoch = progress["rows"], progress["epoch"] + 1
         self.skipped, self.partial = progress.get("skipped", 0), progress.get("partial")
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(progress["lr_schedule"])
+        if self.valid_x is not None and self.rows:
+            self.best_state = self._saved_best(state)
         if self.partial is None:
             checkpoint.restore_rng(state["rng"])
         else:  # stopped mid-epoch: redraw that epoch's data order, then go on from its step
             checkpoint.restore_rng(state["epoch_start_rng"])
             self.partial = {**self.partial, "rng": state["rng"]}
 
+    def _saved_best(self, state: dict) -> dict:
+        """The kept weights of a resumed run: ``model.safetensors``, written at the end of the
+        last epoch; the training state's own weights where a kill came between the two files
+        of the epoch that set the new best."""
+        best = kept_epoch(self.rows)
+        weights = checkpoint.read_weights(self.run.dir)
+        if weights is not None and weights[1].get("epoch") == str(best):
+            return weights[0]
+        if best == self.rows[-1]["epoch"] and self.partial is None:
+            return {k: v.clone() for k, v in state["model"].items()}
+        raise CheckpointError(
+            f"{self.run.dir / checkpoint.WEIGHTS_FILE} does not hold the weights of epoch {best}, "
+            "the best one so far; the run cannot be resumed, start a new one")
+
     def fit(self) -> list[dict]:
-        """Train for the remaining epochs; returns the metrics rows.
+        """Train for the remaining epochs, or until early stopping; returns the metrics rows.
+        With a validation set the model ends with the weights of its best epoch.
 
         Raises
         ------
@@ -302,9 +373,41 @@ class TrainingPlan:
                     f"interrupted after epoch {epoch - 1}; the state is saved, continue with: "
                     f"pyro-vae fit --resume {self.run.dir} --epochs {self.config.train.epochs}")
             self._run_epoch(epoch)
+            if self.rows[-1].get("stopped_early"):
+                break
+        if self.best_state is not None:
+            self.vae.load_state_dict(self.best_state)
+            if self.progress and self.rows:
+                row = self.rows[kept_epoch(self.rows) - 1]
+                tqdm.write(f"kept the model of epoch {row['epoch']}, the lowest validation "
+                           f"-ELBO ({row['validation_neg_elbo']:.2f} nats/{self.unit})")
         if self.run is not None and self.run.dir is not None and self.data.is_image:
             self.save_pictures(self.run.dir)
         return self.rows
+
+    def _after_epoch(self, row: dict) -> None:
+        """The learning-rate schedule's step, the kept weights and the early-stopping check,
+        after the epoch's metrics ``row``."""
+        value = row.get("validation_neg_elbo")
+        if self.scheduler is not None:
+            if parse_lr_schedule(self.config.train.lr_schedule).needs_validation:
+                self.scheduler.step(value)
+            else:
+                self.scheduler.step()
+        if value is None:
+            return
+        if kept_epoch(self.rows) == row["epoch"]:
+            self.best_state = {k: v.detach().cpu().clone()
+                               for k, v in self.vae.state_dict().items()}
+        patience = self.config.train.early_stopping
+        if patience is not None and row["epoch"] < self.config.train.epochs and \
+                epochs_without_improvement(self.rows, self.config.train.min_delta) >= patience:
+            row["stopped_early"] = 1
+            if self.progress:
+                tqdm.write(
+                    f"early stopping after epoch {row['epoch']}: the validation -ELBO has not "
+                    f"fallen by more than {self.config.train.min_delta:g} nats/{self.unit} "
+                    f"for {patience} epochs")
 
     def _run_epoch(self, number: int) -> None:
         epoch = _Epoch(number, checkpoint.capture_rng())
@@ -327,22 +430,35 @@ class TrainingPlan:
             row = self.rows[-1]
             accuracy = (f", test accuracy {row['test_accuracy']:.1%}" if "test_accuracy" in row
                         else "")
+            valid = (f", validation -ELBO {row['validation_neg_elbo']:.2f}"
+                     if "validation_neg_elbo" in row else "")
             tqdm.write(
                 f"epoch {number}/{self.config.train.epochs}: train -ELBO "
-                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f} "
+                f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f}{valid} "
                 f"nats/{self.unit}{accuracy} ({seconds:.1f} s)")
+        self._after_epoch(self.rows[-1])
         if self.run is not None:
             world = self.cluster.world if self.cluster is not None else 1
-            self.run.save_epoch(self.vae, self.optim, {
-                "epoch": number, "rows": self.rows, "world": world, "skipped": self.skipped},
-                self.rows)
+            progress = {"epoch": number, "rows": self.rows, "world": world,
+                        "skipped": self.skipped, **self._schedule_state()}
+            self.run.save_epoch(self.vae, self.optim, progress, self.rows,
+                                kept=(self.best_state, kept_epoch(self.rows)))
+
+    def _schedule_state(self) -> dict:
+        """The learning-rate scheduler's state for the training state (plain numbers)."""
+        return {} if self.scheduler is None else {"lr_schedule": self.scheduler.state_dict()}
 
     def _metrics(self, epoch: int, seconds: float, train_loss: float) -> dict:
-        """One row of ``metrics.csv``, with the test set's plain −ELBO."""
+        """One row of ``metrics.csv``, with the test (and validation) set's plain −ELBO and
+        the epoch's learning rate."""
         self.vae.eval()
         row = {"epoch": epoch, "train_seconds": round(seconds, 3),
                "train_neg_elbo": round(train_loss, 4),
                "test_neg_elbo": round(self._test_split(neg_elbo), 4)}
+        if self.valid_x is not None:
+            row["validation_neg_elbo"] = round(
+                self._test_split(neg_elbo, self.valid_x, self.valid_y), 4)
+        row["lr"] = current_lr(self.optim.optimizer)
         if self.bits:
             row["test_bits_per_dim"] = round(
                 row["test_neg_elbo"] / (self.test_x.shape[-1] * math.log(2)), 5)
@@ -357,23 +473,27 @@ class TrainingPlan:
             row.update({f"test_{k}": round(v, 4) for k, v in terms.items()})
         return row
 
-    def _test_split(self, score) -> float:
+    def _test_split(self, score, x=None, y=None) -> float:
         """``score`` (:func:`neg_elbo` or
-        :func:`~pyro_vae.evaluation.evaluate.classifier_accuracy`) of the test set, a mean over
-        its rows; under torchrun each rank scores every world-th image and the sums are added
-        up, so the evaluation is split rather than repeated."""
+        :func:`~pyro_vae.evaluation.evaluate.classifier_accuracy`) of the test set (or of the
+        rows ``x`` with conditions ``y``: the validation set), a mean over its rows; under
+        torchrun each rank scores every world-th image and the sums are added up, so the
+        evaluation is split rather than repeated."""
+        if x is None:
+            x, y = self.test_x, self.test_y
+
         def scored(x, y):
             if score is classifier_accuracy:
                 return classifier_accuracy(self.vae, x, y)
             return neg_elbo(self.vae, x, y=y)
 
         if self.cluster is None:
-            return scored(self.test_x, self.test_y)
+            return scored(x, y)
         rank, world = self.cluster.rank, self.cluster.world
-        part = self.test_x[rank::world]
-        y = self.test_y[rank::world] if self.test_y is not None else None
+        part = x[rank::world]
+        y = y[rank::world] if y is not None else None
         total = scored(part, y) * part.shape[0] if part.shape[0] else 0.0
-        return distributed.all_sum(total, self.device) / self.test_x.shape[0]
+        return distributed.all_sum(total, self.device) / x.shape[0]
 
     def _order(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, int]:
         """The epoch's permutation of x's rows (this rank's shard) and the batch size.
@@ -543,7 +663,7 @@ class TrainingPlan:
         partial = epoch.progress(self.skipped)
         return self.run.save_partial(self.vae, self.optim, {
             "epoch": epoch.number - 1, "rows": self.rows, "partial": partial,
-            "skipped": self.skipped}, epoch.start_rng)
+            "skipped": self.skipped, **self._schedule_state()}, epoch.start_rng)
 
     def _diverged(self, epoch: int, step: int | None, reason: str) -> TrainingError:
         """The one-line message of a stop on a non-finite loss or gradient (``step`` None:
@@ -737,8 +857,9 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     if data is None:
         data = load_data(config)
     else:
-        data = prepare_data(data, config)
+        data = prepare_data(read_validation(data, config), config)
         config = config.replace(dataset=data.source or "in-memory data")
+    _check_validation(config, data)
     if data.columns is not None and config.data.columns is None:  # a table's names
         config = config.replace(columns=data.columns, classes=data.classes)
     if config.data.stream is None and config.data.dataset.lower().endswith(".npy"):
@@ -753,6 +874,22 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
         data = hide_labels(data, config.data.labelled_count, config.train.seed,
                            config.model.num_classes)
     return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
+
+
+def _check_validation(config: Config, data: Data) -> None:
+    """Refuse early stopping or a plateau schedule without a validation set."""
+    train = config.train
+    needs = [name for name, needed in (
+        (f"--early-stopping {train.early_stopping}", train.early_stopping is not None),
+        (f"--lr-schedule {train.lr_schedule}",
+         parse_lr_schedule(train.lr_schedule).needs_validation)) if needed]
+    if needs and data.valid_rows is None:
+        raise ConfigError(f"{needs[0]} goes by the validation -ELBO, and --validation-fraction 0 "
+                          "leaves no validation set; give a share such as 0.1 or "
+                          "--validation-dataset PATH")
+    if train.min_delta and train.early_stopping is None:
+        raise ConfigError("--min-delta applies to --early-stopping; give --early-stopping "
+                          "PATIENCE or drop --min-delta")
 
 
 def _fit_user_model(vae: VAE, data: Data) -> None:
@@ -814,6 +951,16 @@ def _resume(run_dir, model, options: dict) -> tuple[Config, Path, dict]:
             "torchrun; resuming such runs is not supported yet")
     done = state["progress"]["epoch"]
     epochs = options.get("epochs", config.train.epochs)
+    stopped = state["progress"]["rows"][-1:] and state["progress"]["rows"][-1].get("stopped_early")
+    if stopped:
+        raise ConfigError(
+            f"the run in {run_dir} stopped early after epoch {done}: its validation -ELBO had "
+            f"stopped improving, so there is nothing to continue; start a new run to train more")
+    if config.train.lr_schedule.startswith("cosine") and epochs != config.train.epochs:
+        raise ConfigError(
+            f"the run in {run_dir} anneals its learning rate (--lr-schedule "
+            f"{config.train.lr_schedule}) over its {config.train.epochs} epochs; resume it with "
+            f"--epochs {config.train.epochs}, or start a new run for a longer one")
     if epochs <= done:
         raise ConfigError(
             f"the run in {run_dir} has trained {done} epochs already; give --epochs N with "
