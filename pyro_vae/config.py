@@ -527,6 +527,10 @@ class TrainConfig:
         "warm-up over WARMUP epochs, then cosine annealing to the last epoch; default 1); "
         "step[:EVERY,GAMMA] (times GAMMA every EVERY epochs; default 10,0.5).", _lr_schedule,
         metavar="SCHEDULE")
+    tensorboard: bool = option(
+        bool, False, "Also write TensorBoard event files into RUN/tensorboard: losses, KL per "
+        "dimension, active units, learning rate, gradient norm, sample and reconstruction "
+        "grids, hyperparameters (tensorboard --logdir RUN).")
     epochs: int | None = option(
         int, None, "Training epochs. Default: 10; for real-valued vectors and tables, enough "
         "for about 3000 SVI steps (10 to 400).", positive_int)

@@ -45,6 +45,7 @@ RUN_FILES = (
     "training_curve.png",
     "samples.png",
     "reconstructions.png",
+    "tensorboard",  # a folder: the event files of --tensorboard
     CONFIG_FILE,
 )
 
@@ -308,7 +309,10 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+            if (run_dir / name).is_dir():
+                shutil.rmtree(run_dir / name)
+            else:
+                (run_dir / name).unlink(missing_ok=True)
     except OSError as err:
         raise RunDirError(
             f"cannot prepare --out {run_dir} ({err.strerror}); pick another folder"

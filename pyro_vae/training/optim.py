@@ -42,6 +42,10 @@ class JointOptim(PyroOptim):
         self.clip_norm = clip_norm
         self._known = {id(p) for p in self.params}
         self.skipped = False
+        #: Set ``track_grad_norm`` to sum the global gradient norm (before clipping) of the
+        #: steps taken into ``grad_norm_sum`` (a 0-d tensor, read without a sync per step).
+        self.track_grad_norm = False
+        self.grad_norm_sum, self.grad_norm_steps = None, 0
 
     def __call__(self, params, *args, **kwargs) -> None:
         """One step over all parameters, ``params`` being those SVI saw in the traces; the
@@ -59,6 +63,10 @@ class JointOptim(PyroOptim):
         if self.skipped:
             self.optimizer.zero_grad(set_to_none=True)
             return
+        if self.track_grad_norm and grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.grad_norm_sum = norm if self.grad_norm_sum is None else self.grad_norm_sum + norm
+            self.grad_norm_steps += 1
         if self.clip_norm is not None:
             for p in self.params:
                 if p.grad is not None:
@@ -67,6 +75,14 @@ class JointOptim(PyroOptim):
         # Gradients go, rather than being zeroed: SVI's own zeroing then has nothing to do, and
         # the next backward pass writes fresh gradients instead of adding to zeros.
         self.optimizer.zero_grad(set_to_none=True)
+
+    def take_grad_norm(self) -> float | None:
+        """The mean global gradient norm of the steps since the last call, or None."""
+        if not self.grad_norm_steps:
+            return None
+        mean = float(self.grad_norm_sum) / self.grad_norm_steps
+        self.grad_norm_sum, self.grad_norm_steps = None, 0
+        return mean
 
     def get_state(self) -> dict:
         return self.optimizer.state_dict()

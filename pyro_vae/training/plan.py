@@ -42,6 +42,7 @@ from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
 from ..registry import OBJECTIVES
 from . import distributed
+from .board import TENSORBOARD_DIR, TensorBoardLog
 from .lr_schedule import build_scheduler, current_lr, parse_lr_schedule
 from .optim import JointOptim
 from .schedules import kl_weight, scheduled
@@ -147,14 +148,17 @@ class RunWriter:
     def __init__(self, out, overwrite: bool, config: Config, existing: bool = False):
         self.out, self.overwrite, self.config = Path(out), overwrite, config
         self.dir: Path | None = self.out if existing else None
+        self.staging: Path | None = None
 
     def ensure(self) -> Path:
         """Where the next save goes: the run directory, or on the first save of an
         ``overwrite`` of an old run the staging folder beside its files."""
         if self.dir is not None:
             return self.dir
+        if self.staging is not None:
+            return self.staging
         if self.overwrite and checkpoint.is_run_dir(self.out):
-            target = checkpoint.prepare_staging(self.out)
+            target = self.staging = checkpoint.prepare_staging(self.out)
         else:
             target = self.dir = checkpoint.prepare_run_dir(self.out, self.overwrite)
         checkpoint.write_config(self.config, target)
@@ -164,7 +168,7 @@ class RunWriter:
         """After a save into the staging folder, put the new checkpoint in place."""
         if self.dir is None:
             checkpoint.swap_in(written, self.out)
-            self.dir = self.out
+            self.dir, self.staging = self.out, None
         return self.dir
 
     @contextlib.contextmanager
@@ -176,6 +180,7 @@ class RunWriter:
         except BaseException:
             if self.dir is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                self.staging = None
             raise
         self._settle(run_dir)
 
@@ -265,6 +270,8 @@ class TrainingPlan:
         self.scheduler = build_scheduler(train.lr_schedule, self.optim.optimizer, train.epochs)
         #: The weights of the epoch of lowest validation −ELBO so far (on the CPU), with one.
         self.best_state: dict | None = None
+        self.board = None  # TensorBoardLog, made at the first save (--tensorboard)
+        self.optim.track_grad_norm = bool(train.tensorboard) and run is not None
         extra = regularisers(config)
         if cluster is None:
             self.step = TrainingStep(vae, self.optim, config, extra)
@@ -367,14 +374,24 @@ class TrainingPlan:
         TrainingError, TrainingInterrupted, CheckpointError
             As :func:`fit`.
         """
-        for epoch in range(self.first_epoch, self.config.train.epochs + 1):
-            if self.stop.requested and self.run is not None and self.run.dir is not None:
-                raise TrainingInterrupted(
-                    f"interrupted after epoch {epoch - 1}; the state is saved, continue with: "
-                    f"pyro-vae fit --resume {self.run.dir} --epochs {self.config.train.epochs}")
-            self._run_epoch(epoch)
-            if self.rows[-1].get("stopped_early"):
-                break
+        try:
+            for epoch in range(self.first_epoch, self.config.train.epochs + 1):
+                if self.stop.requested and self.run is not None and self.run.dir is not None:
+                    raise TrainingInterrupted(
+                        f"interrupted after epoch {epoch - 1}; the state is saved, continue "
+                        f"with: pyro-vae fit --resume {self.run.dir} --epochs "
+                        f"{self.config.train.epochs}")
+                self._run_epoch(epoch)
+                if self.rows[-1].get("stopped_early"):
+                    break
+        finally:
+            if self.board is not None:
+                self.board.close()
+        patience = self.config.train.early_stopping
+        if patience is not None and self.progress and self.rows and \
+                not self.rows[-1].get("stopped_early"):
+            tqdm.write(f"early stopping was not needed: after {len(self.rows)} epochs the "
+                       f"validation -ELBO had improved within the last {patience}")
         if self.best_state is not None:
             self.vae.load_state_dict(self.best_state)
             if self.progress and self.rows:
@@ -383,6 +400,9 @@ class TrainingPlan:
                            f"-ELBO ({row['validation_neg_elbo']:.2f} nats/{self.unit})")
         if self.run is not None and self.run.dir is not None and self.data.is_image:
             self.save_pictures(self.run.dir)
+        if self.board is not None and self.rows:
+            self.board.finish(self.config, self.rows[kept_epoch(self.rows) - 1],
+                              self.run.dir / TENSORBOARD_DIR)
         return self.rows
 
     def _after_epoch(self, row: dict) -> None:
@@ -437,12 +457,26 @@ class TrainingPlan:
                 f"{row['train_neg_elbo']:.2f}, test -ELBO {row['test_neg_elbo']:.2f}{valid} "
                 f"nats/{self.unit}{accuracy} ({seconds:.1f} s)")
         self._after_epoch(self.rows[-1])
+        self._record(number)
         if self.run is not None:
             world = self.cluster.world if self.cluster is not None else 1
             progress = {"epoch": number, "rows": self.rows, "world": world,
                         "skipped": self.skipped, **self._schedule_state()}
             self.run.save_epoch(self.vae, self.optim, progress, self.rows,
                                 kept=(self.best_state, kept_epoch(self.rows)))
+
+    def _record(self, number: int) -> None:
+        """The epoch's TensorBoard events (``--tensorboard``), written before its checkpoint
+        into the folder that the checkpoint goes to: a kill between the two makes the resumed
+        run repeat the epoch, whose stale events TensorBoard then drops (``purge_step``)."""
+        grad_norm = self.optim.take_grad_norm()
+        if not self.config.train.tensorboard or self.run is None:
+            return
+        if self.board is None:
+            self.board = TensorBoardLog(self.first_epoch)
+        last = bool(self.rows[-1].get("stopped_early")) or number == self.config.train.epochs
+        self.board.epoch(self, self.rows[-1], grad_norm, last,
+                         self.run.ensure() / TENSORBOARD_DIR)
 
     def _schedule_state(self) -> dict:
         """The learning-rate scheduler's state for the training state (plain numbers)."""
