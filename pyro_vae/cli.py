@@ -271,6 +271,31 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
 
 @main.command(cls=_Command)
 @click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(("onnx", "torchscript")), default="onnx",
+              show_default=True, help="ONNX (torch.export-based exporter) or TorchScript "
+              "(torch.jit.trace; deprecated by torch, kept for C++ libtorch users).")
+@click.option("--part", type=click.Choice(("decoder", "encoder", "both")), default="both",
+              show_default=True, help="decoder: z (and y) → p(x|z)'s parameters and E[x|z]; "
+              "encoder: x (and y) → loc and scale of q(z|x).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder to write into. Default: RUN_DIR/export.")
+@click.option("--overwrite", is_flag=True, help="Replace files of an earlier export.")
+def export(run_dir, fmt, part, out, overwrite) -> None:
+    """Write the run's networks for use outside Python, each file with a JSON sidecar.
+
+    decoder.onnx (or decoder.torchscript.pt) and decoder.json, encoder.onnx and encoder.json:
+    the sidecar names every input and output with its shape (a dynamic batch first), dtype
+    and meaning, which likelihood the decoder's outputs parameterise, and the run and epoch
+    the weights come from (the kept model, model.safetensors).
+    """
+    from .io.export import export_run
+
+    written = export_run(run_dir, fmt, part, out, overwrite)
+    click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+@main.command(cls=_Command)
+@click.argument("run_dir", type=click.Path())
 @click.option("--data", "dataset", required=True,
               help="A named dataset (its test split) or a file: a .npy array, or the x_test of a "
                    ".npz (else its x_train).")

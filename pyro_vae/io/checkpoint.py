@@ -46,6 +46,7 @@ RUN_FILES = (
     "samples.png",
     "reconstructions.png",
     "tensorboard",  # a folder: the event files of --tensorboard
+    "export",  # a folder: what pyro-vae export wrote from this run
     CONFIG_FILE,
 )
 

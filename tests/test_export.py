@@ -1,0 +1,126 @@
+"""pyro-vae export: ONNX and TorchScript files of the decoder and encoder, with JSON sidecars,
+run with onnxruntime and torch.jit.load against the PyTorch model (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from pyro_vae import ConfigError, fit, load
+from pyro_vae.errors import RunDirError
+from pyro_vae.io.export import export_run
+from click.testing import CliRunner
+
+from pyro_vae.cli import main
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+SMALL = dict(hidden=(32,), z_dim=4, epochs=1, batch_size=100, progress=False)
+
+
+def run_onnx(path, inputs: dict):
+    session = onnxruntime.InferenceSession(str(path))
+    return [torch.from_numpy(o) for o in session.run(None, {k: v.numpy()
+                                                             for k, v in inputs.items()})]
+
+
+def run_torchscript(path, inputs: dict):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+        module = torch.jit.load(str(path))
+    with torch.no_grad():
+        return list(module(*inputs.values()))
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def reference(vae, part, inputs):
+    """What the PyTorch model gives for the exported part's inputs."""
+    y = inputs.get("y")
+    if part == "encoder":
+        return list(vae.encode(inputs["x"], y))
+    with torch.no_grad():
+        params = vae.decoder_params(inputs["z"], vae.condition_vector(y))
+        base = vae.likelihood(params)
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+    names = json.loads((inputs["_sidecar"]).read_text())["outputs"]
+    values = [getattr(base, o["name"]) for o in names[:-1]]
+    return [*values, vae.decode(inputs["z"], y)]
+
+
+@pytest.mark.parametrize("case", ["bernoulli", "label-conditioned", "categorical",
+                                  "normal-learned", "delta guide"])
+def test_exports_round_trip_to_1e_5_of_the_pytorch_model(case, fmnist_npz, tmp_path):
+    options = {
+        "bernoulli": {}, "label-conditioned": {"condition": "label"},
+        "categorical": {"likelihood": "categorical"},
+        "normal-learned": {"likelihood": "normal-learned"}, "delta guide": {"guide": "delta"},
+    }[case]
+    run = tmp_path / "run"
+    fit(dataset=str(fmnist_npz), out=run, limit=500, **SMALL, **options)
+    vae = load(run)
+    x = torch.rand(7, 784)  # another batch size than the export traced
+    z = torch.randn(7, 4)
+    y = torch.arange(7) % 10 if case == "label-conditioned" else None
+    for fmt, runner, suffix in [("onnx", run_onnx, ".onnx"),
+                                ("torchscript", run_torchscript, ".torchscript.pt")]:
+        written = export_run(run, fmt, "both", out=tmp_path / fmt)
+        assert sorted(p.name for p in written) == sorted(
+            [f"decoder{suffix}", "decoder.json", f"encoder{suffix}", "encoder.json"])
+        for part, first in [("decoder", {"z": z}), ("encoder", {"x": x})]:
+            sidecar = tmp_path / fmt / f"{part}.json"
+            meta = json.loads(sidecar.read_text())
+            inputs = {**first, **({"y": y} if y is not None else {})}
+            assert [i["name"] for i in meta["inputs"]] == list(inputs)
+            assert meta["inputs"][0]["shape"][0] == "batch"
+            outputs = runner(tmp_path / fmt / meta["file"], inputs)
+            expected = reference(vae, part, {**inputs, "_sidecar": sidecar})
+            assert len(outputs) == len(meta["outputs"]) == len(expected)
+            for out, want, described in zip(outputs, expected, meta["outputs"]):
+                assert list(out.shape) == [7, *described["shape"][1:]], described["name"]
+                close(out, want)
+    meta = json.loads((tmp_path / "onnx" / "decoder.json").read_text())
+    names = [o["name"] for o in meta["outputs"]]
+    assert names == {"bernoulli": ["logits", "mean"], "label-conditioned": ["logits", "mean"],
+                     "categorical": ["logits", "mean"], "normal-learned": ["loc", "scale", "mean"],
+                     "delta guide": ["logits", "mean"]}[case]
+    assert meta["likelihood"] == options.get("likelihood", "bernoulli") and meta["epoch"] == 1
+
+
+def test_export_refuses_what_it_cannot_write_and_never_overwrites(fmnist_npz, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset=str(fmnist_npz), out=run, limit=300, guide="iaf", **SMALL)
+    with pytest.raises(ConfigError, match="export --part decoder"):
+        export_run(run, "onnx", "encoder")
+    export_run(run, "torchscript", "decoder")
+    before = (run / "export" / "decoder.json").read_bytes()
+    with pytest.raises(RunDirError, match="add --overwrite"):
+        export_run(run, "torchscript", "decoder")
+    assert (run / "export" / "decoder.json").read_bytes() == before
+    result = cli("export", str(run), "--format", "onnx", "--part", "encoder")
+    assert result.exit_code == 1 and result.output.startswith("Error: the iaf guide")
+    assert "Traceback" not in result.output
+    # fit --overwrite removes the old run's exports with its other files.
+    fit(dataset=str(fmnist_npz), out=run, limit=300, overwrite=True, **SMALL)
+    assert not (run / "export").exists()
+
+
+def test_a_count_likelihoods_decoder_is_refused(tmp_path):
+    counts = np.random.default_rng(0).poisson(3.0, size=(300, 12)).astype(np.int64)
+    np.save(tmp_path / "counts.npy", counts)
+    fit(dataset=str(tmp_path / "counts.npy"), out=tmp_path / "run", likelihood="poisson",
+        **SMALL)
+    with pytest.raises(ConfigError, match="library size"):
+        export_run(tmp_path / "run", "onnx", "decoder")
+    written = export_run(tmp_path / "run", "torchscript", "encoder")
+    assert [p.name for p in written] == ["encoder.torchscript.pt", "encoder.json"]
