@@ -181,3 +181,26 @@ def test_a_cosine_run_resumes_only_to_its_own_length(fmnist_small, tmp_path):
         hidden=(32,), z_dim=4, progress=False)
     with pytest.raises(ConfigError, match="resume it with --epochs 3"):
         fit(resume=tmp_path / "run", epochs=6, progress=False)
+
+
+def test_the_command_line_names_the_kept_epoch_and_the_stop(fmnist_npz, tmp_path):
+    from click.testing import CliRunner
+
+    from pyro_vae.cli import main
+
+    flags = []
+    for name, value in OVERFIT.items():
+        if name == "progress":
+            continue
+        flags += [f"--{name.replace('_', '-')}",
+                  ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    result = CliRunner().invoke(main, ["fit", "--dataset", str(fmnist_npz), *flags, "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    rows = checkpoint.load_training_state(tmp_path / "run")["progress"]["rows"]
+    best = kept_epoch(rows)
+    summary = result.output.strip().splitlines()[-1]
+    assert summary.startswith(f"done: {len(rows)} epochs (stopped early)")
+    assert f"kept epoch {best}, validation -ELBO {rows[best - 1]['validation_neg_elbo']:.2f}" \
+        in summary and f"test -ELBO {rows[best - 1]['test_neg_elbo']:.2f}" in summary
+    assert f"early stopping after epoch {len(rows)}" in result.output
