@@ -518,6 +518,10 @@ class TrainConfig:
         int, None, "Stop when the validation -ELBO has not improved by --min-delta for "
         "PATIENCE epochs in a row (--epochs stays the upper bound); the run keeps the model of "
         "its best epoch.", positive_int, metavar="PATIENCE")
+    validation_nll_every: int | None = option(
+        int, None, "Also estimate the validation set's log-likelihood every N epochs by "
+        "importance sampling (K = 100 samples per image, the bound of Burda et al. 2016, "
+        "eq. 8) into metrics.csv's validation_nll.", positive_int, metavar="N")
     min_delta: float = option(
         float, 0.0, "--early-stopping: the least fall of the validation -ELBO (nats per image) "
         "that counts as an improvement.", _non_negative, metavar="NATS")

@@ -204,3 +204,17 @@ def test_the_command_line_names_the_kept_epoch_and_the_stop(fmnist_npz, tmp_path
     assert f"kept epoch {best}, validation -ELBO {rows[best - 1]['validation_neg_elbo']:.2f}" \
         in summary and f"test -ELBO {rows[best - 1]['test_neg_elbo']:.2f}" in summary
     assert f"early stopping after epoch {len(rows)}" in result.output
+
+
+def test_the_validation_nll_is_estimated_every_n_epochs_without_changing_training(fmnist_small):
+    options = dict(limit=500, validation_fraction=0.2, epochs=3, hidden=(32,), z_dim=4,
+                   progress=False)
+    _, with_nll = fit(data=fmnist_small, validation_nll_every=2, **options)
+    _, without = fit(data=fmnist_small, **options)
+    assert [("validation_nll" in r) for r in with_nll] == [False, True, True]  # and the last
+    for row in with_nll[1:]:  # the importance-sampled bound is the tighter one
+        assert row["validation_nll"] < row["validation_neg_elbo"]
+    assert no_time([{k: v for k, v in r.items() if k != "validation_nll"} for r in with_nll]) \
+        == no_time(without)
+    with pytest.raises(ConfigError, match="guide with a density"):
+        fit(data=fmnist_small, validation_nll_every=1, guide="delta", **options)

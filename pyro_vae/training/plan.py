@@ -135,6 +135,25 @@ def neg_elbo(vae: VAE, x: torch.Tensor, batch_size: int | None = None,
     return total / x.shape[0]
 
 
+#: Importance samples per image of ``validation_nll`` (``--validation-nll-every``).
+VALIDATION_NLL_SAMPLES = 100
+
+
+def validation_nll(vae: VAE, x, y=None) -> float:
+    """−log p̂(x), the importance-sampled estimate with :data:`VALIDATION_NLL_SAMPLES` samples
+    (Burda et al. 2016, eq. 8), averaged over the rows ``x`` (nats per image); its draws are
+    taken aside, so that training draws as without it."""
+    from ..evaluation.evaluate import evaluate
+
+    device = next(vae.parameters()).device
+    was_training = vae.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        result = evaluate(vae, as_float(x).to(device), iwae_samples=VALIDATION_NLL_SAMPLES,
+                          progress=False, y=y)
+    vae.train(was_training)
+    return result["nll"]
+
+
 class RunWriter:
     """The run directory of a training run, made at its first save.
 
@@ -430,7 +449,9 @@ class TrainingPlan:
                     f"for {patience} epochs")
 
     def _run_epoch(self, number: int) -> None:
-        epoch = _Epoch(number, checkpoint.capture_rng())
+        # The epoch's time counts every training cost: its binarisation draw, its permutation,
+        # moving batches and the steps (not the scoring and saving after it).
+        epoch = _Epoch(number, checkpoint.capture_rng(), started=time.perf_counter())
         x = self.train_x
         if self.config.binarization == "dynamic" and not isinstance(x, MappedRows):
             x = binarize_rows(x)  # a fresh draw of the whole set (streamed: batch by batch)
@@ -492,6 +513,10 @@ class TrainingPlan:
         if self.valid_x is not None:
             row["validation_neg_elbo"] = round(
                 self._test_split(neg_elbo, self.valid_x, self.valid_y), 4)
+            every = self.config.train.validation_nll_every
+            if every and (epoch % every == 0 or epoch == self.config.train.epochs):
+                row["validation_nll"] = round(
+                    self._test_split(validation_nll, self.valid_x, self.valid_y), 4)
         row["lr"] = current_lr(self.optim.optimizer)
         if self.bits:
             row["test_bits_per_dim"] = round(
@@ -519,7 +544,7 @@ class TrainingPlan:
         def scored(x, y):
             if score is classifier_accuracy:
                 return classifier_accuracy(self.vae, x, y)
-            return neg_elbo(self.vae, x, y=y)
+            return score(self.vae, x, y=y)
 
         if self.cluster is None:
             return scored(x, y)
@@ -594,11 +619,10 @@ class TrainingPlan:
             epoch.step, epoch.total = self.partial["step"], self.partial["total"]
             done = min(n, sum(epoch.step * size for _, size, _, _ in orders))
             epoch.seen = self.partial.get("seen", done)
-            epoch.started = time.perf_counter() - self.partial["seconds"]
+            epoch.started -= self.partial["seconds"]  # the stopped process's share
             self.partial = None
         else:
             done = 0
-            epoch.started = time.perf_counter()
         with tqdm(total=n, desc=f"epoch {epoch.number}/{self.config.train.epochs}", unit="img",
                   # disable=None hides the bar when stderr is not a terminal (CI logs, pipes).
                   disable=None if self.progress else True, leave=False, dynamic_ncols=True,
@@ -916,11 +940,17 @@ def _check_validation(config: Config, data: Data) -> None:
     needs = [name for name, needed in (
         (f"--early-stopping {train.early_stopping}", train.early_stopping is not None),
         (f"--lr-schedule {train.lr_schedule}",
-         parse_lr_schedule(train.lr_schedule).needs_validation)) if needed]
+         parse_lr_schedule(train.lr_schedule).needs_validation),
+        (f"--validation-nll-every {train.validation_nll_every}",
+         train.validation_nll_every is not None)) if needed]
     if needs and data.valid_rows is None:
         raise ConfigError(f"{needs[0]} goes by the validation -ELBO, and --validation-fraction 0 "
                           "leaves no validation set; give a share such as 0.1 or "
                           "--validation-dataset PATH")
+    if train.validation_nll_every is not None and not (
+            config.model.guide.cls.has_density and config.model.prior.name != "none"):
+        raise ConfigError("--validation-nll-every needs a guide with a density and a proper "
+                          "prior (the importance weights p(x, z)/q(z|x)); drop it")
     if train.min_delta and train.early_stopping is None:
         raise ConfigError("--min-delta applies to --early-stopping; give --early-stopping "
                           "PATIENCE or drop --min-delta")
