@@ -283,7 +283,8 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
 def export(run_dir, fmt, part, out, overwrite) -> None:
     """Write the run's networks for use outside Python, each file with a JSON sidecar.
 
-    decoder.onnx (or decoder.torchscript.pt) and decoder.json, encoder.onnx and encoder.json:
+    decoder.onnx and decoder.onnx.json, encoder.onnx and encoder.onnx.json (decoder.torchscript.pt
+    and decoder.torchscript.json for TorchScript):
     the sidecar names every input and output with its shape (a dynamic batch first), dtype
     and meaning, which likelihood the decoder's outputs parameterise, and the run and epoch
     the weights come from (the kept model, model.safetensors).

@@ -110,6 +110,7 @@ def test_what_needs_a_validation_set_or_a_longer_run_is_refused(options, message
     ({"lr_schedule": "plateau:2,1"}, "0 < FACTOR < 1"),
     ({"lr_schedule": "step:0,0.5"}, "EVERY ≥ 1"),
     ({"lr_schedule": "step:2"}, "takes step:EVERY,GAMMA"),
+    ({"lr_schedule": "step:1,inf"}, "needs finite numbers"),
     ({"lr_schedule": "cosine:x"}, "must be numbers"),
     ({"lr_schedule": "constant:1"}, "constant takes no parameters"),
     ({"validation_fraction": 1.0}, "must be a share in"),
@@ -218,3 +219,42 @@ def test_the_validation_nll_is_estimated_every_n_epochs_without_changing_trainin
         == no_time(without)
     with pytest.raises(ConfigError, match="guide with a density"):
         fit(data=fmnist_small, validation_nll_every=1, guide="delta", **options)
+
+
+def test_a_best_epoch_cut_off_before_its_weights_file_survives_two_resumes(fmnist_npz, tmp_path,
+                                                                          monkeypatch):
+    """Killed between the training state and model.safetensors of an epoch that set a new best,
+    resumed, killed again in the next epoch after a mid-epoch save (which replaces the training
+    state that held those weights): the run still resumes, as if it had never stopped."""
+    options = dict(dataset=str(fmnist_npz), limit=500, epochs=4, hidden=(32,), z_dim=4,
+                   batch_size=50, validation_fraction=0.2, checkpoint_every=4, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    real_weights, real_state = checkpoint.save_weights, checkpoint.save_training_state
+
+    def weights_then_die(vae, run_dir, state=None, epoch=None):
+        if epoch == 2:
+            raise Killed
+        real_weights(vae, run_dir, state=state, epoch=epoch)
+
+    def state_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
+        real_state(run_dir, vae, optim_state, progress, epoch_start_rng)
+        if (progress.get("partial") or {}).get("epoch") == 3:
+            raise Killed
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save_weights", weights_then_die)
+    with pytest.raises(Killed):
+        fit(out=run, **options)
+    monkeypatch.setattr(checkpoint, "save_weights", real_weights)
+    monkeypatch.setattr(checkpoint, "save_training_state", state_then_die)
+    with pytest.raises(Killed):
+        fit(resume=run, progress=False)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_state)
+    resumed = fit(resume=run, progress=False)
+    whole = fit(out=tmp_path / "whole", **options)
+    assert no_time(resumed.metrics) == no_time(whole.metrics)
+    same_weights(resumed.model, whole.model)
+    same_weights(load(run), load(tmp_path / "whole"))

@@ -76,9 +76,10 @@ def test_exports_round_trip_to_1e_5_of_the_pytorch_model(case, fmnist_npz, tmp_p
                                 ("torchscript", run_torchscript, ".torchscript.pt")]:
         written = export_run(run, fmt, "both", out=tmp_path / fmt)
         assert sorted(p.name for p in written) == sorted(
-            [f"decoder{suffix}", "decoder.json", f"encoder{suffix}", "encoder.json"])
+            [f"decoder{suffix}", f"decoder.{fmt}.json", f"encoder{suffix}",
+             f"encoder.{fmt}.json"])
         for part, first in [("decoder", {"z": z}), ("encoder", {"x": x})]:
-            sidecar = tmp_path / fmt / f"{part}.json"
+            sidecar = tmp_path / fmt / f"{part}.{fmt}.json"
             meta = json.loads(sidecar.read_text())
             inputs = {**first, **({"y": y} if y is not None else {})}
             assert [i["name"] for i in meta["inputs"]] == list(inputs)
@@ -89,7 +90,7 @@ def test_exports_round_trip_to_1e_5_of_the_pytorch_model(case, fmnist_npz, tmp_p
             for out, want, described in zip(outputs, expected, meta["outputs"]):
                 assert list(out.shape) == [7, *described["shape"][1:]], described["name"]
                 close(out, want)
-    meta = json.loads((tmp_path / "onnx" / "decoder.json").read_text())
+    meta = json.loads((tmp_path / "onnx" / "decoder.onnx.json").read_text())
     names = [o["name"] for o in meta["outputs"]]
     assert names == {"bernoulli": ["logits", "mean"], "label-conditioned": ["logits", "mean"],
                      "categorical": ["logits", "mean"], "normal-learned": ["loc", "scale", "mean"],
@@ -103,10 +104,10 @@ def test_export_refuses_what_it_cannot_write_and_never_overwrites(fmnist_npz, tm
     with pytest.raises(ConfigError, match="export --part decoder"):
         export_run(run, "onnx", "encoder")
     export_run(run, "torchscript", "decoder")
-    before = (run / "export" / "decoder.json").read_bytes()
+    before = (run / "export" / "decoder.torchscript.json").read_bytes()
     with pytest.raises(RunDirError, match="add --overwrite"):
         export_run(run, "torchscript", "decoder")
-    assert (run / "export" / "decoder.json").read_bytes() == before
+    assert (run / "export" / "decoder.torchscript.json").read_bytes() == before
     result = cli("export", str(run), "--format", "onnx", "--part", "encoder")
     assert result.exit_code == 1 and result.output.startswith("Error: the iaf guide")
     assert "Traceback" not in result.output
@@ -123,4 +124,40 @@ def test_a_count_likelihoods_decoder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="library size"):
         export_run(tmp_path / "run", "onnx", "decoder")
     written = export_run(tmp_path / "run", "torchscript", "encoder")
-    assert [p.name for p in written] == ["encoder.torchscript.pt", "encoder.json"]
+    assert [p.name for p in written] == ["encoder.torchscript.pt", "encoder.torchscript.json"]
+
+
+def test_a_standardised_table_exports_its_likelihood_in_the_tables_units(tmp_path):
+    """normal-learned on a table is standardised inside the model: the exported loc and scale
+    are those of p(x|z) in the table's own units, checked by the density they give."""
+    import statsmodels.datasets as datasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = datasets.macrodata.load_pandas().data
+    table.to_csv(tmp_path / "macro.csv", index=False)
+    run = tmp_path / "run"
+    fit(dataset=str(tmp_path / "macro.csv"), out=run, likelihood="normal-learned", epochs=3,
+        hidden=(16,), z_dim=2, progress=False)
+    vae = load(run)
+    assert vae.scaling is not None and float(vae.scaling.scale.max()) > 100  # e.g. realgdp
+    export_run(run, "onnx", "decoder")
+    meta = json.loads((run / "export" / "decoder.onnx.json").read_text())
+    assert "Normal(0, I)" in meta["inputs"][0]["description"]
+    z = torch.randn(5, 2)
+    loc, scale, mean = run_onnx(run / "export" / "decoder.onnx", {"z": z})
+    x = torch.tensor(table.to_numpy()[:5], dtype=torch.float32)
+    with torch.no_grad():
+        model_density = vae.observation(vae.decoder_params(z)).log_prob(x)
+    exported_density = torch.distributions.Normal(loc.double(), scale.double()).log_prob(
+        x.double()).sum(-1)
+    torch.testing.assert_close(exported_density.float(), model_density, rtol=1e-5, atol=1e-3)
+    close(mean, vae.decode(z))
+
+
+def test_sidecars_say_what_the_file_does_not_hold(fmnist_npz, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset=str(fmnist_npz), out=run, limit=300, latent_layers=2, upper_z_dim=2, **SMALL)
+    export_run(run, "torchscript", "decoder")
+    meta = json.loads((run / "export" / "decoder.torchscript.json").read_text())
+    assert "p(z_1|z_2) and the layers above are not exported" in meta["inputs"][0]["description"]

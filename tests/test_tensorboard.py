@@ -109,3 +109,32 @@ def test_a_resumed_run_continues_its_event_files_without_repeating_epochs(saved,
     fit(dataset=str(fmnist_npz), out=run, epochs=1, tensorboard=True, overwrite=True,
         **OPTIONS)
     assert [step for step, _ in scalars(events(run), "neg_elbo/test")] == [1]
+
+
+def test_a_run_resumed_inside_its_first_epoch_records_each_epoch_once_and_exactly(
+        fmnist_npz, tmp_path, monkeypatch):
+    """Killed after epoch 1's events but before its checkpoint, with a mid-epoch state saved
+    earlier in epoch 1: the resumed run redoes the rest of epoch 1, TensorBoard drops the stale
+    events, and the epoch's mean gradient norm counts the steps of both processes."""
+    real_save = checkpoint.save_training_state
+
+    class Killed(Exception):
+        pass
+
+    def die_at_epoch_end(run_dir, vae, optim_state, progress, epoch_start_rng=None):
+        if progress["epoch"] == 1 and progress.get("partial") is None:
+            raise Killed
+        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+
+    options = dict(OPTIONS, dataset=str(fmnist_npz), epochs=2, tensorboard=True,
+                   checkpoint_every=7)
+    monkeypatch.setattr(checkpoint, "save_training_state", die_at_epoch_end)
+    with pytest.raises(Killed):
+        fit(out=tmp_path / "run", **options)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    time.sleep(1.1)  # see test_a_resumed_run_continues_its_event_files_without_repeating_epochs
+    fit(resume=tmp_path / "run", progress=False)
+    fit(out=tmp_path / "whole", **options)
+    for tag in ("neg_elbo/test", "grad_norm", "lr"):
+        assert scalars(events(tmp_path / "run"), tag) == scalars(events(tmp_path / "whole"),
+                                                                 tag), tag

@@ -467,7 +467,9 @@ def check_labels(data: Data, config: Config) -> None:
             if not semi and split == "training" and low == -1:
                 unknown = ("; for images without a label (−1), --labelled all sums their class "
                            "out")
-            raise DataError(f"the {split} labels of {data.source} run from {low} to {high}, "
+            source = (config.data.validation_dataset or data.source) if split == "validation" \
+                else data.source
+            raise DataError(f"the {split} labels of {source} run from {low} to {high}, "
                             f"outside the classes 0 to {k - 1}; number the classes 0 … "
                             f"K−1{unknown}")
     if k < 2:

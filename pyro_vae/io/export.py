@@ -48,7 +48,7 @@ _PARAMS = {
     "Laplace": (("loc", "scale"), "x_d ~ Laplace(loc_d, scale_d)"),
     "Categorical": (("logits",), "x_d ~ Categorical(softmax(logits_d)) over the 256 grey "
                                  "levels; grey level k is the value k/255"),
-    "Binomial": (("logits",), "x_d ~ Binomial(trials, sigmoid(logits_d))"),
+    "Binomial": (("logits",), "x_d ~ Binomial({trials}, sigmoid(logits_d))"),
 }
 
 
@@ -80,6 +80,10 @@ class DecoderExport(nn.Module):
         params = self.vae.decoder_params(z, c)
         base = _base(self.vae.likelihood(params))
         values = [getattr(base, name) for name in self.names]  # broadcast by torch already
+        scaling = self.vae.scaling
+        if scaling is not None:  # a standardised run: its location-scale family in data units
+            values = [scaling.loc + scaling.scale * v if name == "loc" else scaling.scale * v
+                      for name, v in zip(self.names, values)]
         return (*values, self.vae._mean(params))
 
 
@@ -151,8 +155,14 @@ def _inputs(vae, part: str, config) -> list[dict]:
 
 
 def _z_description(vae, config) -> str:
-    layer = " (z_1, the lowest stochastic layer)" if vae.hierarchical else ""
-    return f"latent code{layer}; the prior is {config.model.prior.name}"
+    if vae.hierarchical:
+        return ("z_1, the lowest stochastic layer's code; its prior p(z_1|z_2) and the layers "
+                "above are not exported, so draw z_1 in pyro_vae or encode data")
+    prior = config.model.prior.name
+    if prior == "normal":
+        return "latent code; the prior is Normal(0, I), so z ~ N(0, I) gives samples"
+    return (f"latent code; the prior ({prior}) is not exported: draw z from it in pyro_vae, "
+            "or encode data")
 
 
 def _data_units(config) -> str:
@@ -171,14 +181,18 @@ def _outputs(vae, part: str, module) -> list[dict]:
     d = int(torch.Size(vae.data_shape).numel())
     if part == "encoder":
         point = vae.family.point_mass
+        posterior = "q(z|x, y)" if vae.condition is not None else "q(z|x)"
+        if vae.semi_supervised:
+            posterior += " (the classifier q(y|x) is not exported: give y)"
         return [
             {"name": "loc", "shape": ["batch", vae.z_dim], "dtype": "float32",
              "description": "z = loc, the point-mass guide's code" if point else
-             "mean of q(z|x) = Normal(loc, diag scale^2)"},
+             f"mean of {posterior} = Normal(loc, diag scale^2)"},
             {"name": "scale", "shape": ["batch", vae.z_dim], "dtype": "float32",
-             "description": "0 (point mass)" if point else "standard deviations of q(z|x)"},
+             "description": "0 (point mass)" if point else f"standard deviations of "
+                                                           f"{posterior.split(' (')[0]}"},
         ]
-    formula = _PARAMS[module.dist_name][1]
+    formula = _PARAMS[module.dist_name][1].format(trials=getattr(vae.likelihood, "trials", ""))
     shape = ["batch", d] + ([256] if module.dist_name == "Categorical" else [])
     outputs = [{"name": name, "shape": shape, "dtype": "float32",
                 "description": f"parameter {name} of p(x|z): {formula}"}
@@ -222,6 +236,7 @@ def export_part(vae, config, part: str, fmt: str, path: Path) -> dict:
         For a part this model cannot export (see :func:`_check_exportable`).
     """
     _check_exportable(vae, config, part)
+    path = Path(path)
     vae = vae.eval()
     module = (DecoderExport(vae) if part == "decoder" else EncoderExport(vae)).eval()
     inputs, outputs = _inputs(vae, part, config), _outputs(vae, part, module)
@@ -253,9 +268,9 @@ def export_part(vae, config, part: str, fmt: str, path: Path) -> dict:
 def export_run(run_dir, fmt: str = "onnx", part: str = "both", out=None,
                overwrite: bool = False) -> list[Path]:
     """Export the networks of the run in ``run_dir`` (its kept model, ``model.safetensors``)
-    into ``out`` (default ``run_dir/export``): ``decoder.onnx`` with ``decoder.json`` and/or
-    ``encoder.onnx`` with ``encoder.json`` (``.torchscript.pt`` for TorchScript). Returns the
-    paths written.
+    into ``out`` (default ``run_dir/export``): ``decoder.onnx`` with ``decoder.onnx.json``
+    and/or ``encoder.onnx`` with ``encoder.onnx.json`` (``decoder.torchscript.pt`` with
+    ``decoder.torchscript.json`` for TorchScript). Returns the paths written.
 
     Raises
     ------
@@ -271,13 +286,14 @@ def export_run(run_dir, fmt: str = "onnx", part: str = "both", out=None,
         raise ConfigError(f"unknown part {part!r}; use {', '.join(PARTS)}")
     vae, config = checkpoint.load_run(run_dir)
     if config.model.user_built:
-        raise ConfigError("this run holds a user-built model: export its networks from Python "
-                          "with pyro_vae.io.export.export_part(load(run, model=vae), ...)")
+        raise ConfigError("this run holds a user-built model, whose networks are your own: "
+                          "export them from Python with torch.onnx.export")
     parts = ("decoder", "encoder") if part == "both" else (part,)
     for name in parts:
         _check_exportable(vae, config, name)
     out = Path(out) if out is not None else Path(run_dir) / "export"
-    targets = [(name, out / f"{name}{FORMATS[fmt]}", out / f"{name}.json") for name in parts]
+    targets = [(name, out / f"{name}{FORMATS[fmt]}", out / f"{name}.{fmt}.json")
+               for name in parts]
     existing = [str(p) for _, f, s in targets for p in (f, s) if p.exists()]
     if existing and not overwrite:
         raise RunDirError(f"{existing[0]} exists; add --overwrite to replace it, or give "

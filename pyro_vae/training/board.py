@@ -41,9 +41,9 @@ _TAGS = {
 }
 
 
-def writer_for(log_dir: Path, first_epoch: int):
-    """A ``SummaryWriter`` on ``log_dir``; for a resumed run (``first_epoch`` > 1) one that
-    makes TensorBoard drop the old events from ``first_epoch`` on.
+def writer_for(log_dir: Path, purge_step: int | None):
+    """A ``SummaryWriter`` on ``log_dir``; for a resumed run one that makes TensorBoard drop
+    the old events from ``purge_step`` (the epoch it resumes with) on.
 
     Raises
     ------
@@ -55,7 +55,7 @@ def writer_for(log_dir: Path, first_epoch: int):
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package; pip install "
                           "tensorboard, or drop --tensorboard") from None
-    return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
 
 
 class TensorBoardLog:
@@ -65,10 +65,12 @@ class TensorBoardLog:
     ----------
     first_epoch : int
         The epoch the run starts (or resumes) with.
+    resumed : bool
+        Whether it resumes a run, whose events from ``first_epoch`` on are dropped.
     """
 
-    def __init__(self, first_epoch: int):
-        self.first_epoch = first_epoch
+    def __init__(self, first_epoch: int, resumed: bool = False):
+        self.purge_step = first_epoch if resumed else None
         self.writer, self.log_dir = None, None
 
     def _open(self, log_dir: Path):
@@ -77,8 +79,8 @@ class TensorBoardLog:
         if self.writer is not None and self.log_dir != Path(log_dir):
             self.close()
         if self.writer is None:
-            self.writer = writer_for(Path(log_dir), self.first_epoch)
-            self.log_dir, self.first_epoch = Path(log_dir), 0  # purge once, on resuming
+            self.writer = writer_for(Path(log_dir), self.purge_step)
+            self.log_dir, self.purge_step = Path(log_dir), None  # purge once, on resuming
         return self.writer
 
     def epoch(self, plan, row: dict, grad_norm: float | None, last: bool,

@@ -17,6 +17,7 @@ resumed run follows the schedule exactly.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -77,8 +78,8 @@ def parse_lr_schedule(spec: str) -> LRSchedule:
         "step": (params[0] >= 1 and params[-1] > 0, "EVERY ≥ 1 epoch and GAMMA > 0"),
     }
     good, need = checks[name]
-    if not good:
-        raise ConfigError(f"--lr-schedule {spec!r} needs {need}; {usage}")
+    if not good or not all(math.isfinite(p) for p in params):
+        raise ConfigError(f"--lr-schedule {spec!r} needs finite numbers, {need}; {usage}")
     return LRSchedule(name, params)
 
 

@@ -290,6 +290,7 @@ class TrainingPlan:
         #: The weights of the epoch of lowest validation −ELBO so far (on the CPU), with one.
         self.best_state: dict | None = None
         self.board = None  # TensorBoardLog, made at the first save (--tensorboard)
+        self._resumed = False
         self.optim.track_grad_norm = bool(train.tensorboard) and run is not None
         extra = regularisers(config)
         if cluster is None:
@@ -358,6 +359,7 @@ class TrainingPlan:
                 f"the training state in {self.run.dir} does not match its config.json; the run "
                 "cannot be resumed, start a new one") from None
         progress = state["progress"]
+        self._resumed = True
         self.rows, self.first_epoch = progress["rows"], progress["epoch"] + 1
         self.skipped, self.partial = progress.get("skipped", 0), progress.get("partial")
         if self.scheduler is not None:
@@ -379,7 +381,10 @@ class TrainingPlan:
         if weights is not None and weights[1].get("epoch") == str(best):
             return weights[0]
         if best == self.rows[-1]["epoch"] and self.partial is None:
-            return {k: v.clone() for k, v in state["model"].items()}
+            kept = {k: v.clone() for k, v in state["model"].items()}
+            # Written at once: a later mid-epoch save replaces the training state it came from.
+            checkpoint.save_weights(self.vae, self.run.dir, state=kept, epoch=best)
+            return kept
         raise CheckpointError(
             f"{self.run.dir / checkpoint.WEIGHTS_FILE} does not hold the weights of epoch {best}, "
             "the best one so far; the run cannot be resumed, start a new one")
@@ -409,8 +414,13 @@ class TrainingPlan:
         patience = self.config.train.early_stopping
         if patience is not None and self.progress and self.rows and \
                 not self.rows[-1].get("stopped_early"):
-            tqdm.write(f"early stopping was not needed: after {len(self.rows)} epochs the "
-                       f"validation -ELBO had improved within the last {patience}")
+            waited = epochs_without_improvement(self.rows, self.config.train.min_delta)
+            if waited < patience:
+                tqdm.write(f"early stopping was not needed: after {len(self.rows)} epochs the "
+                           f"validation -ELBO had improved within the last {patience}")
+            else:
+                tqdm.write(f"reached --epochs {len(self.rows)} as the validation -ELBO stopped "
+                           f"improving ({waited} epochs without)")
         if self.best_state is not None:
             self.vae.load_state_dict(self.best_state)
             if self.progress and self.rows:
@@ -494,7 +504,7 @@ class TrainingPlan:
         if not self.config.train.tensorboard or self.run is None:
             return
         if self.board is None:
-            self.board = TensorBoardLog(self.first_epoch)
+            self.board = TensorBoardLog(self.first_epoch, resumed=self._resumed)
         last = bool(self.rows[-1].get("stopped_early")) or number == self.config.train.epochs
         self.board.epoch(self, self.rows[-1], grad_norm, last,
                          self.run.ensure() / TENSORBOARD_DIR)
@@ -620,6 +630,10 @@ class TrainingPlan:
             done = min(n, sum(epoch.step * size for _, size, _, _ in orders))
             epoch.seen = self.partial.get("seen", done)
             epoch.started -= self.partial["seconds"]  # the stopped process's share
+            if self.optim.track_grad_norm and self.partial.get("grad_norm"):
+                total, steps_taken = self.partial["grad_norm"]
+                self.optim.grad_norm_sum = torch.tensor(total, dtype=torch.float32)
+                self.optim.grad_norm_steps = steps_taken
             self.partial = None
         else:
             done = 0
@@ -719,6 +733,8 @@ class TrainingPlan:
 
     def _save_partial(self, epoch: _Epoch) -> Path:
         partial = epoch.progress(self.skipped)
+        if self.optim.grad_norm_steps:  # the epoch's gradient norms so far (--tensorboard)
+            partial["grad_norm"] = [float(self.optim.grad_norm_sum), self.optim.grad_norm_steps]
         return self.run.save_partial(self.vae, self.optim, {
             "epoch": epoch.number - 1, "rows": self.rows, "partial": partial,
             "skipped": self.skipped, **self._schedule_state()}, epoch.start_rng)
