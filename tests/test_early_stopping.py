@@ -146,6 +146,7 @@ def test_schedules_set_the_learning_rate_of_each_epoch(schedule, expected, fmnis
     assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.slow  # 20 s; CI runs it with -m slow
 @pytest.mark.parametrize("where", ["after epoch 3", "mid-epoch"])
 def test_a_run_with_a_schedule_and_early_stopping_resumes_exactly(where, fmnist_npz,
                                                                   tmp_path, monkeypatch):
