@@ -72,7 +72,10 @@ def _count_of(unit: str):
 
 
 def _non_negative(value: Any) -> str | None:
-    return None if value == 0 else positive(value)
+    """Check: a finite number ≥ 0."""
+    if value == 0 and not isinstance(value, bool):
+        return None
+    return None if positive(value) is None else "must be a finite number ≥ 0"
 
 
 #: The most classes a label condition may have (one-hot codes of this length).

@@ -45,6 +45,12 @@ def test_early_stopping_stops_and_keeps_the_epoch_of_lowest_validation_elbo(fmni
     tensors, meta = checkpoint.read_weights(tmp_path / "run")
     assert meta["epoch"] == str(best)
     same_weights(load(tmp_path / "run"), model)
+    from pyro_vae.evaluation.evaluate import evaluate_run, summary_lines
+
+    report = evaluate_run(tmp_path / "run", "fashion-mnist", iwae_samples=2, limit=100,
+                          progress=False)
+    assert (report["epoch"], report["kept_by"]) == (best, "lowest validation -ELBO")
+    assert f"model             epoch {best} (lowest validation -ELBO)" in summary_lines(report)
     # The training state holds the last epoch's weights (for --resume), not the best.
     state = checkpoint.load_training_state(tmp_path / "run")
     assert any(not torch.equal(state["model"][k], v) for k, v in tensors.items())

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from ..config import data_unit
 from ..errors import ConfigError, DataError
 from ..devices import resolve_device
-from ..io.checkpoint import load_run
-from ..io.data import as_float, eval_data, known_factors
+from ..io.checkpoint import load_run, read_weights
+from ..io.data import as_float, eval_data, known_factors, validation_share
 from ..model import VAE
 from .disentanglement import mutual_information_gap
 
@@ -504,6 +504,11 @@ def evaluate_run(run_dir, dataset: str | None = None, limit: int | None = None,
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["z_dim"] = vae.z_dim
     result["unit"] = data_unit(config.model.data_shape)
+    weights = read_weights(run_dir)
+    if weights is not None and "epoch" in weights[1]:  # the kept model's epoch
+        result["epoch"] = int(weights[1]["epoch"])
+        result["kept_by"] = ("lowest validation -ELBO" if config.data.validation_dataset
+                             or validation_share(config) else "last epoch")
     return result
 
 
@@ -524,6 +529,8 @@ def summary_lines(result: dict) -> list[str]:
         of = ", class summed out"
     lines = [
         f"{unit + 's':<18}{result['num_images']} ({result['dataset']})",
+        *([f"model             epoch {result['epoch']} ({result['kept_by']})"]
+          if "epoch" in result else []),
         f"-ELBO             {result['neg_elbo']:.2f} nats/{unit} "
         f"(reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
         f"NLL               {result['nll']:.2f} ± {result['nll_stderr']:.2f} nats/{unit} "
