@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -85,3 +86,31 @@ def slow_fit_process(dataset: Path, out: Path) -> subprocess.Popen:
          "--hidden", "2000", "--hidden", "2000", "--batch-size", "50", "--epochs", "100",
          "--quiet", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Killed(Exception):
+    """The death of a training process, simulated inside one of its checkpoint writes."""
+
+
+@contextlib.contextmanager
+def dies_at_save(monkeypatch, when, before: bool = False):
+    """Inside the block, the ``save_training_state`` whose ``progress`` makes ``when(progress)``
+    true raises :class:`Killed`: after writing the file, or with ``before`` instead of writing
+    it. The block must end in that death; afterwards saving works again."""
+    from pyro_vae.io import checkpoint
+
+    real_save = checkpoint.save_training_state
+
+    def save_or_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
+        if before and when(progress):
+            raise Killed
+        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+        if when(progress):
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_training_state", save_or_die)
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        monkeypatch.setattr(checkpoint, "save_training_state", real_save)

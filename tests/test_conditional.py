@@ -581,25 +581,16 @@ def test_covariates_are_taken_out_of_the_codes(tmp_path):
 
 def test_a_semi_supervised_run_resumes_exactly_from_a_mid_epoch_checkpoint(fmnist_small,
                                                                           tmp_path, monkeypatch):
-    import pyro_vae.io.checkpoint as checkpoint
+    from conftest import dies_at_save
 
-    real_save = checkpoint.save_training_state
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+    def dies_here(progress):  # right after this periodic checkpoint
         partial = progress.get("partial")
-        if partial and partial["epoch"] == 2 and partial["step"] == 3:
-            raise Killed  # the process dies right after this periodic checkpoint
+        return bool(partial) and partial["epoch"] == 2 and partial["step"] == 3
 
     options = dict(data=fmnist_small, limit=600, labelled=30, batch_size=100, hidden=(32,),
                    z_dim=4, checkpoint_every=3, progress=False)
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
-    with pytest.raises(Killed):
+    with dies_at_save(monkeypatch, dies_here):
         fit(out=tmp_path / "run", epochs=3, **options)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     resumed = fit(resume=tmp_path / "run", epochs=3, data=fmnist_small, progress=False)
     whole = fit(out=tmp_path / "whole", epochs=3, **options)
     _same_runs(whole, resumed)

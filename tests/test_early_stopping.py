@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import Killed, dies_at_save
 
 from pyro_vae import Config, ConfigError, DataError, fit, load
 from pyro_vae.io import checkpoint
@@ -156,24 +157,15 @@ def test_schedules_set_the_learning_rate_of_each_epoch(schedule, expected, fmnis
 @pytest.mark.parametrize("where", ["after epoch 3", "mid-epoch"])
 def test_a_run_with_a_schedule_and_early_stopping_resumes_exactly(where, fmnist_npz,
                                                                   tmp_path, monkeypatch):
-    real_save = checkpoint.save_training_state
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
+    def dies_here(progress):
         partial = progress.get("partial") is not None
-        if (where == "mid-epoch") == partial and progress["epoch"] == 3:
-            raise Killed  # the process dies here
+        return (where == "mid-epoch") == partial and progress["epoch"] == 3
 
     options = dict(OVERFIT, lr_schedule="plateau:0.5,0", early_stopping=4, hidden=(128,))
     if where == "mid-epoch":
         options["checkpoint_every"] = 3
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
-    with pytest.raises(Killed):
+    with dies_at_save(monkeypatch, dies_here):
         fit(dataset=str(fmnist_npz), out=tmp_path / "run", **options)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     resumed = fit(resume=tmp_path / "run", progress=False)
     whole = fit(dataset=str(fmnist_npz), out=tmp_path / "whole", **options)
     assert no_time(resumed.metrics) == no_time(whole.metrics)
@@ -236,30 +228,21 @@ def test_a_best_epoch_cut_off_before_its_weights_file_survives_two_resumes(fmnis
     options = dict(dataset=str(fmnist_npz), limit=500, epochs=4, hidden=(32,), z_dim=4,
                    batch_size=50, validation_fraction=0.2, checkpoint_every=4, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    real_weights, real_state = checkpoint.save_weights, checkpoint.save_training_state
+    real_weights = checkpoint.save_weights
 
     def weights_then_die(vae, run_dir, state=None, epoch=None):
         if epoch == 2:
             raise Killed
         real_weights(vae, run_dir, state=state, epoch=epoch)
 
-    def state_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        real_state(run_dir, vae, optim_state, progress, epoch_start_rng)
-        if (progress.get("partial") or {}).get("epoch") == 3:
-            raise Killed
-
     run = tmp_path / "run"
     monkeypatch.setattr(checkpoint, "save_weights", weights_then_die)
     with pytest.raises(Killed):
         fit(out=run, **options)
     monkeypatch.setattr(checkpoint, "save_weights", real_weights)
-    monkeypatch.setattr(checkpoint, "save_training_state", state_then_die)
-    with pytest.raises(Killed):
+    with dies_at_save(monkeypatch, lambda progress: (progress.get("partial") or {}).get(
+            "epoch") == 3):
         fit(resume=run, progress=False)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_state)
     resumed = fit(resume=run, progress=False)
     whole = fit(out=tmp_path / "whole", **options)
     assert no_time(resumed.metrics) == no_time(whole.metrics)

@@ -52,24 +52,13 @@ def test_bad_schedules_and_free_bits_are_refused_in_one_line(options, message):
 
 
 def test_cyclical_schedule_resumes_exactly(fmnist_npz, tmp_path, monkeypatch):
-    import pyro_vae.io.checkpoint as checkpoint
-
-    real_save = checkpoint.save_training_state
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
-        if progress["epoch"] == 2:
-            raise Killed  # the process dies after its second epoch
+    from conftest import dies_at_save
 
     options = dict(dataset=str(fmnist_npz), z_dim=4, hidden=(32,), batch_size=250,
                    kl_schedule="cyclical:3,0.5", epochs=4, progress=False)
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
-    with pytest.raises(Killed):
+    # The process dies after its second epoch.
+    with dies_at_save(monkeypatch, lambda progress: progress["epoch"] == 2):
         fit(out=tmp_path / "run", **options)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     _, resumed = fit(resume=tmp_path / "run", progress=False)
     _, whole = fit(out=tmp_path / "whole", **options)
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 import torch
+from conftest import dies_at_save
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import fit, load
-from pyro_vae.io import checkpoint
 
 OPTIONS = dict(hidden=(32,), z_dim=4, batch_size=100, validation_fraction=0.1, progress=False)
 
@@ -77,25 +77,13 @@ def test_tensorboard_leaves_training_as_it_was(fmnist_npz, tmp_path):
 @pytest.mark.parametrize("saved", [True, False])
 def test_a_resumed_run_continues_its_event_files_without_repeating_epochs(saved, fmnist_npz,
                                                                         tmp_path, monkeypatch):
-    real_save = checkpoint.save_training_state
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        if progress["epoch"] == 3 and not saved:
-            raise Killed  # dies after epoch 3's events, before its checkpoint: it is redone
-        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
-        if progress["epoch"] == 3:
-            raise Killed  # dies after epoch 3's training state, before its other files
-
     run = tmp_path / "run"
     fit(dataset=str(fmnist_npz), out=run, epochs=2, tensorboard=True, **OPTIONS)
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_die)
     time.sleep(1.1)
-    with pytest.raises(Killed):
+    # Dies after epoch 3's events: before its checkpoint (the epoch is redone), or after its
+    # training state, before its other files.
+    with dies_at_save(monkeypatch, lambda progress: progress["epoch"] == 3, before=not saved):
         fit(resume=run, epochs=4, progress=False)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     # TensorBoard reads a folder's event files in name order, and a name starts with the second
     # its writer was made, then a counter of this process: a real resume, a later process,
     # sorts after the killed one's files; here in one process, it must start a second later.
@@ -116,22 +104,11 @@ def test_a_run_resumed_inside_its_first_epoch_records_each_epoch_once_and_exactl
     """Killed after epoch 1's events but before its checkpoint, with a mid-epoch state saved
     earlier in epoch 1: the resumed run redoes the rest of epoch 1, TensorBoard drops the stale
     events, and the epoch's mean gradient norm counts the steps of both processes."""
-    real_save = checkpoint.save_training_state
-
-    class Killed(Exception):
-        pass
-
-    def die_at_epoch_end(run_dir, vae, optim_state, progress, epoch_start_rng=None):
-        if progress["epoch"] == 1 and progress.get("partial") is None:
-            raise Killed
-        real_save(run_dir, vae, optim_state, progress, epoch_start_rng)
-
     options = dict(OPTIONS, dataset=str(fmnist_npz), epochs=2, tensorboard=True,
                    checkpoint_every=7)
-    monkeypatch.setattr(checkpoint, "save_training_state", die_at_epoch_end)
-    with pytest.raises(Killed):
+    with dies_at_save(monkeypatch, before=True, when=lambda progress: (
+            progress["epoch"] == 1 and progress.get("partial") is None)):
         fit(out=tmp_path / "run", **options)
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     time.sleep(1.1)  # see test_a_resumed_run_continues_its_event_files_without_repeating_epochs
     fit(resume=tmp_path / "run", progress=False)
     fit(out=tmp_path / "whole", **options)
