@@ -5,7 +5,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_vae import VAE, Config, fit
-from pyro_vae.io.data import binarize, binarize_fixed
+import pyro_vae.io.data as data_module
+from pyro_vae.io.data import as_float, binarize, binarize_fixed, draw_binary
 from pyro_vae.training.plan import neg_elbo
 
 
@@ -62,6 +63,29 @@ def test_dynamic_binarisation_redraws_while_test_binarisation_is_fixed(fmnist_sm
     t1 = binarize_fixed(x)
     pyro.set_rng_seed(456)
     assert torch.equal(t1, binarize_fixed(x)), "the test set must not depend on --seed"
+
+
+def test_epoch_draw_is_the_bernoulli_of_each_grey_level(fashion_mnist, monkeypatch):
+    # draw_binary replaces torch.bernoulli for the per-epoch draw: the same distribution,
+    # P(1) = k/255 for grey level k, on the uint8 levels and on float probabilities.
+    levels = torch.arange(256, dtype=torch.uint8).repeat(8000, 1)  # 8000 draws of each level
+    freq = draw_binary(levels, torch.Generator().manual_seed(0)).float().mean(0)
+    p = torch.arange(256) / 255.0
+    assert freq[0] == 0 and freq[255] == 1
+    # 5 standard errors of a proportion from 8000 draws, for every level at once
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / 8000).sqrt() + 1e-9).all()
+    freq = draw_binary(p.repeat(8000, 1), torch.Generator().manual_seed(0)).float().mean(0)
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / 8000).sqrt() + 1e-9).all()
+    rows = fashion_mnist.train_rows[:12000]  # real images, several chunks of 2^22 values
+    a = draw_binary(rows, torch.Generator().manual_seed(5))
+    assert a.dtype == torch.bool and a.shape == rows.shape
+    assert abs(a.float().mean().item() - as_float(rows).mean().item()) < 1e-3
+    assert not torch.equal(a, draw_binary(rows, torch.Generator().manual_seed(6)))
+    # the draws do not depend on the chunking, and binary rows are kept as they are
+    whole = data_module.chunks
+    monkeypatch.setattr(data_module, "chunks", lambda x: whole(x, elements=1 << 30))
+    assert torch.equal(a, draw_binary(rows, torch.Generator().manual_seed(5)))
+    assert draw_binary(a) is a
 
 
 @pytest.mark.slow

@@ -538,6 +538,8 @@ def _metadata(data: bytes) -> dict:
 def _checked_progress(progress: dict) -> dict:
     if not isinstance(progress.get("epoch"), int) or not isinstance(progress.get("rows"), list):
         raise ValueError("progress lacks epoch or rows")
+    if progress.get("binary_draw", "bernoulli") not in ("levels", "bernoulli"):
+        raise ValueError("progress names an unknown binarisation draw")
     return progress
 
 

@@ -213,6 +213,34 @@ def binarize_rows(x, generator: torch.Generator | None = None) -> torch.Tensor:
     return out
 
 
+def draw_binary(x, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The dynamic binarisation draw of stored rows (N, D) → (N, D) bool, the same Bernoulli
+    distribution as :func:`binarize_rows` (grey level k/255 → 1 with probability k/255) at
+    about a fifth of its cost: torch's Bernoulli kernel draws one double per value, about 9 ns
+    each on this CPU, a sixth of a training epoch of Fashion-MNIST.
+
+    uint8 levels k: one integer U uniform on 0..254 per value, and 1 where U < k, so that
+    P(1) = k/255 exactly (0 never, 255 always). Float probabilities p: one float32 U uniform on
+    [0, 1) and 1 where U < p (p to 2^-24). Binary rows are returned as they are. The draws
+    are the same in any chunking. Used for the per-epoch training draw; the fixed test draw
+    and ``--binarize static`` keep :func:`binarize_rows`, so their images stay those of
+    earlier releases.
+    """
+    if x.dtype == torch.bool:
+        return x
+    out = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    start = 0
+    for chunk in chunks(x):
+        stop = start + chunk.shape[0]
+        if chunk.dtype == torch.uint8:
+            uniform = torch.empty_like(chunk).random_(0, 255, generator=generator)
+        else:
+            uniform = torch.rand(chunk.shape, generator=generator, device=chunk.device)
+        torch.lt(uniform, chunk, out=out[start:stop])
+        start = stop
+    return out
+
+
 def load_data(config: Config) -> Data:
     """Load, validate and split the data that ``config`` names.
 

