@@ -22,18 +22,34 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def save_training_curve(rows: list[dict], path: str | os.PathLike) -> None:
-    """Plot train and test −ELBO (nats per image) against epoch into a PNG at ``path``."""
+def training_curve_figure(rows: list[dict], unit: str = "image",
+                          kept: int | None = None) -> Figure:
+    """The training curve of ``metrics.csv`` rows: train and test −ELBO (nats per ``unit``)
+    against epoch, and where the rows have one, the validation −ELBO with the kept epoch
+    ``kept`` (the lowest validation −ELBO, whose weights ``model.safetensors`` holds) marked by
+    a dashed vertical line."""
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(epochs, [r["train_neg_elbo"] for r in rows], "o-", label="train")
     ax.plot(epochs, [r["test_neg_elbo"] for r in rows], "s-", label="test")
+    if any("validation_neg_elbo" in r for r in rows):
+        ax.plot(epochs, [r.get("validation_neg_elbo", np.nan) for r in rows], "^-",
+                label="validation")
+        if kept is not None:
+            ax.axvline(kept, color="0.4", linestyle="--", linewidth=1,
+                       label=f"kept (epoch {kept})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("−ELBO (nats per image)")
+    ax.set_ylabel(f"−ELBO (nats per {unit})")
     ax.grid(alpha=0.3)
     ax.legend()
-    save_figure(fig, path)
+    return fig
+
+
+def save_training_curve(rows: list[dict], path: str | os.PathLike, unit: str = "image",
+                        kept: int | None = None) -> None:
+    """Write :func:`training_curve_figure` of ``rows`` as a PNG at ``path``."""
+    save_figure(training_curve_figure(rows, unit, kept), path)
 
 
 def is_image(data_shape: tuple[int, ...]) -> bool:

@@ -55,6 +55,17 @@ def test_early_stopping_stops_and_keeps_the_epoch_of_lowest_validation_elbo(fmni
     # The training state holds the last epoch's weights (for --resume), not the best.
     state = checkpoint.load_training_state(tmp_path / "run")
     assert any(not torch.equal(state["model"][k], v) for k, v in tensors.items())
+    # The training curve shows the validation -ELBO and marks the kept epoch.
+    from pyro_vae import plots
+
+    lines = {line.get_label(): line
+             for line in plots.training_curve_figure(rows, kept=best).axes[0].get_lines()}
+    assert set(lines) == {"train", "test", "validation", f"kept (epoch {best})"}
+    assert list(lines["validation"].get_ydata()) == valid
+    assert list(lines[f"kept (epoch {best})"].get_xdata()) == [best, best]
+    plain = [{k: v for k, v in r.items() if k != "validation_neg_elbo"} for r in rows]
+    assert [line.get_label() for line in plots.training_curve_figure(plain).axes[0].get_lines()
+            ] == ["train", "test"]
     # The plateau schedule lowered the learning rate once the validation -ELBO stalled.
     lrs = [r["lr"] for r in rows]
     assert lrs[0] == 3e-3 and min(lrs) < 3e-3 and lrs == sorted(lrs, reverse=True)

@@ -216,7 +216,9 @@ class RunWriter:
             checkpoint.save_weights(vae, run_dir, state=state,
                                     epoch=epoch if state is not None else progress["epoch"])
             checkpoint.write_metrics(run_dir, rows)
-            plots.save_training_curve(rows, run_dir / "training_curve.png")
+            plots.save_training_curve(rows, run_dir / "training_curve.png",
+                                      data_unit(self.config.model.data_shape),
+                                      kept=kept_epoch(rows))
 
     def save_partial(self, vae: VAE, optim: JointOptim, progress: dict, start_rng) -> Path:
         """The training state in the middle of an epoch (``progress["partial"]``)."""
