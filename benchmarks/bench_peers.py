@@ -1,7 +1,7 @@
 """pyro_vae's ``fit`` against the VAEs that users would otherwise run, on the same data,
-architecture and batch, alternated in one process.
+architecture and batch, alternated, each run in a fresh interpreter.
 
-    uv run python benchmarks/bench_peers.py            # about 6 minutes on 2 CPU cores
+    uv run python benchmarks/bench_peers.py            # about 7 minutes on 2 CPU cores
     uv run python benchmarks/bench_peers.py --pythae /path/to/env/bin/python
 
 The peers:
@@ -24,7 +24,9 @@ the wall time of the whole epoch: for pyro_vae ``train_seconds``, which counts t
 binarisation draw and permutation as well as its steps, for the example the loop over its
 DataLoader with the binarisation inside. Test −ELBO: the single-sample −ELBO of the 10,000
 test images after the last epoch, binarised with one fixed draw. Medians over ``--rounds``
-rounds, each of which runs every setup once, in turn.
+rounds, each of which runs every setup once, in turn. Every run is its own Python process
+(this script with ``--setup NAME``), so no run inherits another's TorchScript caches, thread
+pools or allocator state; loading the data is outside the timed epochs.
 """
 
 from __future__ import annotations
@@ -204,31 +206,49 @@ def images_per_second(result: dict, n: int) -> float:
     return n * len(later) / sum(later)
 
 
+SETUPS = ("Pyro example, Trace_ELBO", "Pyro example, JitTrace_ELBO", "pyro_vae fit",
+          "pythae VAE, static binarisation", "pyro_vae fit --binarize static")
+
+
+def run_setup(name: str, epochs: int, pythae: str | None) -> dict:
+    """Run one setup in this process (the child side of ``--setup``)."""
+    data = pyro_vae.io.data.load_data(pyro_vae.Config())
+    test_binary = binarize_rows(data.test_rows,
+                                torch.Generator().manual_seed(TEST_BINARIZE_SEED)).float()
+    if name.startswith("Pyro example"):
+        return run_example(data.train.clone(), test_binary, epochs, jit="Jit" in name)
+    if name.startswith("pythae"):
+        train_static = binarize_rows(data.train_rows, torch.Generator().manual_seed(0)).float()
+        return run_pythae(pythae, train_static, test_binary, epochs)
+    return run_pyro_vae(data, epochs, "static" if name.endswith("static") else "dynamic")
+
+
+def run_in_child(name: str, epochs: int, pythae: str | None) -> dict:
+    """This script with ``--setup name`` in a fresh interpreter; its JSON result."""
+    command = [sys.executable, __file__, "--setup", name, "--epochs", str(epochs)]
+    if pythae:
+        command += ["--pythae", pythae]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"setup {name!r} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pythae", help="a Python interpreter with pythae installed")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--setup", choices=SETUPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    data = pyro_vae.io.data.load_data(pyro_vae.Config())
-    train = data.train.clone()
-    test_binary = binarize_rows(data.test_rows, torch.Generator().manual_seed(TEST_BINARIZE_SEED))
-    test_binary = test_binary.float()
-    train_static = binarize_rows(data.train_rows, torch.Generator().manual_seed(0)).float()
-    n = train.shape[0]
-    setups = {
-        "Pyro example, Trace_ELBO": lambda: run_example(train, test_binary, args.epochs, False),
-        "Pyro example, JitTrace_ELBO": lambda: run_example(train, test_binary, args.epochs,
-                                                           True),
-        "pyro_vae fit": lambda: run_pyro_vae(data, args.epochs, "dynamic"),
-    }
-    if args.pythae:
-        setups["pythae VAE, static binarisation"] = lambda: run_pythae(
-            args.pythae, train_static, test_binary, args.epochs)
-        setups["pyro_vae fit --binarize static"] = lambda: run_pyro_vae(data, args.epochs,
-                                                                        "static")
+    if args.setup:
+        print(json.dumps(run_setup(args.setup, args.epochs, args.pythae)))
+        return
+    n = pyro_vae.io.data.load_data(pyro_vae.Config()).train.shape[0]
+    names = SETUPS if args.pythae else SETUPS[:3]
+    setups = {name: (lambda name=name: run_in_child(name, args.epochs, args.pythae))
+              for name in names}
     results = {name: [] for name in setups}
     for r in range(args.rounds):
         for name, setup in setups.items():
