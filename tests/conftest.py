@@ -67,6 +67,15 @@ def small_vae() -> VAE:
     return VAE.from_config(Config(z_dim=4, hidden=(32,), data_shape=(28, 28)))
 
 
+def cli(*args):
+    """``pyro-vae ARGS`` through click's test runner (arguments made strings); the Result."""
+    from click.testing import CliRunner
+
+    from pyro_vae.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Path → content hash of every file under ``folder``: compare before and after a command."""
     out = {}

@@ -8,19 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 import torch
 from PIL import Image
 
-from pyro_vae.cli import main
-
-from conftest import snapshot
+from conftest import cli as run, snapshot
 
 SMALL = ["--z-dim", "8", "--hidden", "128", "--batch-size", "100", "--quiet"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

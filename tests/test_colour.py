@@ -9,17 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from pyro_vae.cli import main
 from pyro_vae.config import DataConfig
 from pyro_vae.io.data import read_data
 from pyro_vae.registry import NETWORKS
 
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from conftest import cli
 
 
 @pytest.fixture(scope="module")

@@ -330,18 +330,11 @@ def test_cycled_labelled_images_are_binarised_afresh_each_time_round(fmnist_smal
 
 # --- From the command line ------------------------------------------------------------------
 
-from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pyro_vae.cli import main  # noqa: E402
-
-from conftest import snapshot  # noqa: E402
+from conftest import cli, snapshot  # noqa: E402
 
 SMALL = ["--z-dim", "4", "--hidden", "64", "--batch-size", "100", "--quiet"]
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

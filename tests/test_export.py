@@ -8,19 +8,15 @@ import warnings
 
 import numpy as np
 import onnxruntime
+import pyro.distributions as dist
 import pytest
 import torch
 
 from pyro_vae import ConfigError, fit, load
 from pyro_vae.errors import RunDirError
 from pyro_vae.io.export import export_run
-from click.testing import CliRunner
 
-from pyro_vae.cli import main
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
+from conftest import cli
 
 SMALL = dict(hidden=(32,), z_dim=4, epochs=1, batch_size=100, progress=False)
 

@@ -7,17 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from pyro_vae.cli import main
 from pyro_vae.config import DataConfig
 from pyro_vae.io import folders
 from pyro_vae.io.data import class_names, read_data
 
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from conftest import cli
 
 
 @pytest.fixture(autouse=True)

@@ -13,19 +13,15 @@ import pyro
 import pytest
 import scipy.stats as st
 import torch
-from click.testing import CliRunner
 
 from pyro_vae import Config, Data, fit
-from pyro_vae.cli import main
 from pyro_vae.config import DataConfig
 from pyro_vae.evaluation.evaluate import evaluate
 from pyro_vae.io.checkpoint import load_run
 from pyro_vae.io.data import read_data, read_table
 from pyro_vae.registry import LIKELIHOODS
 
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from conftest import cli
 
 
 def statsmodels_table(name: str) -> pd.DataFrame:
