@@ -274,9 +274,11 @@ def evaluate(run_dir, dataset, iwae_samples, limit, batch_size, proposal_scale, 
 @click.option("--format", "fmt", type=click.Choice(("onnx", "torchscript")), default="onnx",
               show_default=True, help="ONNX (torch.export-based exporter) or TorchScript "
               "(torch.jit.trace; deprecated by torch, kept for C++ libtorch users).")
-@click.option("--part", type=click.Choice(("decoder", "encoder", "both")), default="both",
-              show_default=True, help="decoder: z (and y) → p(x|z)'s parameters and E[x|z]; "
-              "encoder: x (and y) → loc and scale of q(z|x).")
+@click.option("--part", type=click.Choice(("decoder", "encoder", "classifier", "both")),
+              default="both", show_default=True,
+              help="decoder: z (and y) → p(x|z)'s parameters and E[x|z]; encoder: x (and y) → "
+              "loc and scale of q(z|x); classifier: x → logits and probs of q(y|x) of a "
+              "--labelled run; both: every network (the classifier too, for --labelled).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder to write into. Default: RUN_DIR/export.")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier export.")
@@ -284,7 +286,7 @@ def export(run_dir, fmt, part, out, overwrite) -> None:
     """Write the run's networks for use outside Python, each file with a JSON sidecar.
 
     decoder.onnx and decoder.onnx.json, encoder.onnx and encoder.onnx.json (decoder.torchscript.pt
-    and decoder.torchscript.json for TorchScript):
+    and decoder.torchscript.json for TorchScript), classifier.onnx for a --labelled run:
     the sidecar names every input and output with its shape (a dynamic batch first), dtype
     and meaning, which likelihood the decoder's outputs parameterise, and the run and epoch
     the weights come from (the kept model, model.safetensors).

@@ -47,7 +47,7 @@ def reference(vae, part, inputs):
     with torch.no_grad():
         params = vae.decoder_params(inputs["z"], vae.condition_vector(y))
         base = vae.likelihood(params)
-        while hasattr(base, "base_dist"):
+        while isinstance(base, torch.distributions.Independent):
             base = base.base_dist
     names = json.loads((inputs["_sidecar"]).read_text())["outputs"]
     values = [getattr(base, o["name"]) for o in names[:-1]]
@@ -112,15 +112,80 @@ def test_export_refuses_what_it_cannot_write_and_never_overwrites(fmnist_npz, tm
     assert not (run / "export").exists()
 
 
-def test_a_count_likelihoods_decoder_is_refused(tmp_path):
+def test_a_count_likelihoods_decoder_is_refused_where_it_reads_the_library_size(tmp_path):
     counts = np.random.default_rng(0).poisson(3.0, size=(300, 12)).astype(np.int64)
     np.save(tmp_path / "counts.npy", counts)
     fit(dataset=str(tmp_path / "counts.npy"), out=tmp_path / "run", likelihood="poisson",
         **SMALL)
-    with pytest.raises(ConfigError, match="library size"):
+    with pytest.raises(ConfigError, match="library size.*--library none"):
         export_run(tmp_path / "run", "onnx", "decoder")
     written = export_run(tmp_path / "run", "torchscript", "encoder")
     assert [p.name for p in written] == ["encoder.torchscript.pt", "encoder.torchscript.json"]
+
+
+@pytest.mark.parametrize("likelihood,names", [
+    ("poisson", ["rate", "mean"]), ("negbinomial", ["total_count", "logits", "mean"]),
+    ("zinb", ["total_count", "logits", "gate_logits", "mean"])])
+def test_a_count_decoder_without_the_library_size_exports_its_density(likelihood, names,
+                                                                      tmp_path):
+    """With --library none, p(x|z) is a function of z alone: the exported parameters, put into
+    the distribution the sidecar names, give the model's log p(x|z) for real counts."""
+    import statsmodels.datasets as datasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = datasets.randhie.load_pandas().data  # RAND health insurance: doctor visits
+    columns = ["mdvis", "idp", "hlthg", "hlthf", "hlthp"]  # visits and four 0/1 indicators
+    counts = table[columns].to_numpy().astype(np.int64)[:600]
+    np.save(tmp_path / "visits.npy", counts)
+    run = tmp_path / "run"
+    fit(dataset=str(tmp_path / "visits.npy"), out=run, likelihood=likelihood, library="none",
+        **SMALL)
+    vae = load(run)
+    export_run(run, "onnx", "decoder")
+    meta = json.loads((run / "export" / "decoder.onnx.json").read_text())
+    assert [o["name"] for o in meta["outputs"]] == names
+    assert meta["inputs"][0]["description"].startswith("latent code")
+    z = torch.randn(6, 4)
+    outputs = run_onnx(run / "export" / "decoder.onnx", {"z": z})
+    x = torch.tensor(counts[:6], dtype=torch.float32)
+    with torch.no_grad():
+        model_density = vae.observation(vae.decoder_params(z)).log_prob(x)
+    exported = {"poisson": lambda rate, mean: dist.Poisson(rate),
+                "negbinomial": lambda n, logits, mean: dist.NegativeBinomial(n, logits=logits),
+                "zinb": lambda n, logits, gate, mean: dist.ZeroInflatedNegativeBinomial(
+                    n, logits=logits, gate_logits=gate)}[likelihood](*outputs)
+    torch.testing.assert_close(exported.log_prob(x).sum(-1), model_density, rtol=1e-5,
+                               atol=1e-4)
+    close(outputs[-1], vae.decode(z))
+
+
+def test_a_semi_supervised_runs_classifier_exports_with_its_encoder(fmnist_npz, tmp_path):
+    """--part both of a --labelled run writes q(y|x) beside q(z|x, y), which needs its y; the
+    files give the classifier's probabilities, and the class it picks, on real images."""
+    run = tmp_path / "run"
+    fit(dataset=str(fmnist_npz), out=run, limit=500, labelled=50, **SMALL)
+    vae = load(run)
+    x = torch.from_numpy(np.load(fmnist_npz)["x_test"][:9].reshape(9, -1) / 255.0).float()
+    for fmt, runner in (("onnx", run_onnx), ("torchscript", run_torchscript)):
+        written = export_run(run, fmt, "both", out=tmp_path / fmt)
+        assert f"classifier.{fmt}.json" in [p.name for p in written]
+        meta = json.loads((tmp_path / fmt / f"classifier.{fmt}.json").read_text())
+        assert [i["name"] for i in meta["inputs"]] == ["x"]
+        assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [
+            ("logits", ["batch", 10]), ("probs", ["batch", 10])]
+        logits, probs = runner(tmp_path / fmt / meta["file"], {"x": x})
+        close(probs, vae.classify(x))
+        assert torch.equal(logits.argmax(-1), vae.classify(x).argmax(-1))
+        encoder = json.loads((tmp_path / fmt / f"encoder.{fmt}.json").read_text())
+        assert "export --part classifier" in encoder["outputs"][0]["description"]
+    plain = tmp_path / "plain"
+    fit(dataset=str(fmnist_npz), out=plain, limit=300, **SMALL)
+    with pytest.raises(ConfigError, match="only a semi-supervised run"):
+        export_run(plain, "onnx", "classifier")
+    assert not (plain / "export").exists()
+    assert [p.name for p in export_run(plain, "onnx", "both")] == [
+        "decoder.onnx", "decoder.onnx.json", "encoder.onnx", "encoder.onnx.json"]
 
 
 def test_a_standardised_table_exports_its_likelihood_in_the_tables_units(tmp_path):

@@ -10,6 +10,8 @@ sidecar that says what its inputs and outputs are.
   and ``scale`` of q(z|x) = Normal(loc, diag scale²) (a point mass at ``loc`` for ``--guide
   delta``); it applies what the run's encoder reads first (log(1 + x) of counts, the
   standardisation).
+- The **classifier** of a semi-supervised run (``--labelled``) maps ``x`` (batch, D) to the
+  ``logits`` and ``probs`` (batch, K) of q(y|x).
 
 Both have a dynamic batch dimension. ``pyro-vae export`` and :func:`export_run` write them.
 """
@@ -34,7 +36,7 @@ from .files import atomic_write_bytes
 #: Identifies a sidecar file; bumped when its layout changes.
 SIDECAR_FORMAT, SIDECAR_VERSION = "pyro_vae.export", 1
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-PARTS = ("decoder", "encoder", "both")
+PARTS = ("decoder", "encoder", "classifier", "both")
 #: ONNX opset of the exported graphs.
 OPSET = 18
 
@@ -49,12 +51,21 @@ _PARAMS = {
     "Categorical": (("logits",), "x_d ~ Categorical(softmax(logits_d)) over the 256 grey "
                                  "levels; grey level k is the value k/255"),
     "Binomial": (("logits",), "x_d ~ Binomial({trials}, sigmoid(logits_d))"),
+    "Poisson": (("rate",), "x_d ~ Poisson(rate_d)"),
+    "NegativeBinomial": (("total_count", "logits"),
+                         "x_d ~ NegativeBinomial(total_count_d, logits_d), of mean "
+                         "total_count_d exp(logits_d); total_count_d is the inverse dispersion"),
+    "ZeroInflatedNegativeBinomial": (
+        ("total_count", "logits", "gate_logits"),
+        "x_d = 0 with probability sigmoid(gate_logits_d), else x_d ~ "
+        "NegativeBinomial(total_count_d, logits_d)"),
 }
 
 
 def _base(distribution):
-    """The per-dimension distribution inside ``Independent`` (``to_event``)."""
-    while hasattr(distribution, "base_dist"):
+    """The per-dimension distribution inside ``Independent`` (``to_event``); a zero-inflated
+    distribution is kept whole, not unwrapped to the distribution it inflates."""
+    while isinstance(distribution, torch.distributions.Independent):
         distribution = distribution.base_dist
     return distribution
 
@@ -101,6 +112,19 @@ class EncoderExport(nn.Module):
         return self.vae.family.location(features)
 
 
+class ClassifierExport(nn.Module):
+    """The classifier of the semi-supervised model: ``x`` (batch, D) → ``logits`` and
+    ``probs`` (batch, K) of q(y|x)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        logits = self.vae.classifier(self.vae.encoder_input(x))
+        return logits, torch.softmax(logits, -1)
+
+
 def _device(vae) -> torch.device:
     return next(vae.parameters()).device
 
@@ -121,6 +145,9 @@ def _example_y(vae, batch: int):
 
 def _check_exportable(vae, config, part: str) -> None:
     family = config.model.guide.name
+    if part == "classifier" and not vae.semi_supervised:
+        raise ConfigError("only a semi-supervised run (--labelled) has a classifier q(y|x); "
+                          "export --part decoder or encoder")
     if part == "encoder" and family == "iaf":
         raise ConfigError("the iaf guide's q(z|x) is a flow on top of its encoder's Gaussian, "
                           "which an export of the encoder alone would misstate; export --part "
@@ -128,7 +155,8 @@ def _check_exportable(vae, config, part: str) -> None:
     if part == "decoder" and vae.likelihood.reads_observation:
         raise ConfigError(f"the {config.model.likelihood.name} likelihood's decoder reads each "
                           "row's library size from the observed data, which an exported "
-                          "decoder does not have; export --part encoder")
+                          "decoder does not have; export --part encoder, or train with "
+                          "--library none")
 
 
 def _inputs(vae, part: str, config) -> list[dict]:
@@ -142,7 +170,7 @@ def _inputs(vae, part: str, config) -> list[dict]:
                  "description": f"data points flattened from {list(vae.data_shape)}, in the "
                                 f"units the run was trained on ({_data_units(config)})"}
     inputs = [first]
-    if vae.condition is not None:
+    if vae.condition is not None and part != "classifier":
         if vae.num_classes is not None:
             inputs.append({"name": "y", "shape": ["batch"], "dtype": "int64",
                            "description": f"class label 0 … {vae.num_classes - 1} "
@@ -183,7 +211,7 @@ def _outputs(vae, part: str, module) -> list[dict]:
         point = vae.family.point_mass
         posterior = "q(z|x, y)" if vae.condition is not None else "q(z|x)"
         if vae.semi_supervised:
-            posterior += " (the classifier q(y|x) is not exported: give y)"
+            posterior += " (give y; the classifier q(y|x) is export --part classifier)"
         return [
             {"name": "loc", "shape": ["batch", vae.z_dim], "dtype": "float32",
              "description": "z = loc, the point-mass guide's code" if point else
@@ -192,6 +220,13 @@ def _outputs(vae, part: str, module) -> list[dict]:
              "description": "0 (point mass)" if point else f"standard deviations of "
                                                            f"{posterior.split(' (')[0]}"},
         ]
+    if part == "classifier":
+        k = vae.num_classes
+        return [{"name": "logits", "shape": ["batch", k], "dtype": "float32",
+                 "description": f"log q(y|x) up to a constant per row, classes 0 … {k - 1}"},
+                {"name": "probs", "shape": ["batch", k], "dtype": "float32",
+                 "description": "q(y|x) = softmax(logits), the classifier's class "
+                                "probabilities"}]
     formula = _PARAMS[module.dist_name][1].format(trials=getattr(vae.likelihood, "trials", ""))
     shape = ["batch", d] + ([256] if module.dist_name == "Categorical" else [])
     outputs = [{"name": name, "shape": shape, "dtype": "float32",
@@ -209,7 +244,7 @@ def _example(vae, part: str, batch: int = 3) -> tuple:
     d = int(torch.Size(vae.data_shape).numel())
     first = (torch.randn(batch, vae.z_dim, device=device) if part == "decoder"
              else torch.rand(batch, d, device=device))
-    y = _example_y(vae, batch)
+    y = _example_y(vae, batch) if part != "classifier" else None
     return (first,) if y is None else (first, y)
 
 
@@ -227,8 +262,8 @@ def _quiet():
 
 
 def export_part(vae, config, part: str, fmt: str, path: Path) -> dict:
-    """Write ``part`` (``decoder`` or ``encoder``) of ``vae`` to ``path`` in ``fmt``
-    (``onnx`` or ``torchscript``), atomically; returns the sidecar dict.
+    """Write ``part`` (``decoder``, ``encoder`` or ``classifier``) of ``vae`` to ``path`` in
+    ``fmt`` (``onnx`` or ``torchscript``), atomically; returns the sidecar dict.
 
     Raises
     ------
@@ -238,7 +273,8 @@ def export_part(vae, config, part: str, fmt: str, path: Path) -> dict:
     _check_exportable(vae, config, part)
     path = Path(path)
     vae = vae.eval()
-    module = (DecoderExport(vae) if part == "decoder" else EncoderExport(vae)).eval()
+    module = {"decoder": DecoderExport, "encoder": EncoderExport,
+              "classifier": ClassifierExport}[part](vae).eval()
     inputs, outputs = _inputs(vae, part, config), _outputs(vae, part, module)
     example = _example(vae, part)
     names_in, names_out = [i["name"] for i in inputs], [o["name"] for o in outputs]
@@ -270,7 +306,10 @@ def export_run(run_dir, fmt: str = "onnx", part: str = "both", out=None,
     """Export the networks of the run in ``run_dir`` (its kept model, ``model.safetensors``)
     into ``out`` (default ``run_dir/export``): ``decoder.onnx`` with ``decoder.onnx.json``
     and/or ``encoder.onnx`` with ``encoder.onnx.json`` (``decoder.torchscript.pt`` with
-    ``decoder.torchscript.json`` for TorchScript). Returns the paths written.
+    ``decoder.torchscript.json`` for TorchScript), and ``classifier.onnx`` for a
+    semi-supervised run. ``part`` is ``decoder``, ``encoder``, ``classifier`` or ``both``
+    (every network of the run: decoder and encoder, and the classifier q(y|x) of a
+    ``--labelled`` run, whose encoder needs its y). Returns the paths written.
 
     Raises
     ------
@@ -288,7 +327,8 @@ def export_run(run_dir, fmt: str = "onnx", part: str = "both", out=None,
     if config.model.user_built:
         raise ConfigError("this run holds a user-built model, whose networks are your own: "
                           "export them from Python with torch.onnx.export")
-    parts = ("decoder", "encoder") if part == "both" else (part,)
+    parts = (("decoder", "encoder") + (("classifier",) if vae.semi_supervised else ())
+             if part == "both" else (part,))
     for name in parts:
         _check_exportable(vae, config, name)
     out = Path(out) if out is not None else Path(run_dir) / "export"

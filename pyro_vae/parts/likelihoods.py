@@ -47,7 +47,8 @@ class Likelihood(Part, nn.Module):
     #: (N, D) data are then standardised by default.
     learns_scale: bool = False
     #: Whether :meth:`forward` and :meth:`mean` read the observed batch (keyword ``x``, or None
-    #: when sampling): the count likelihoods take each row's library size (total count) from it.
+    #: when sampling): the count likelihoods with ``--library observed`` take each row's
+    #: library size (total count) from it.
     reads_observation: bool = False
     #: The value that pictures show as white (data in [0, 1]: 1).
     picture_max: float = 1.0
@@ -361,7 +362,6 @@ class _CountLikelihood(Likelihood):
 
     counts = True
     discrete = True
-    reads_observation = True
     picture_max = 255.0  # count images are mostly 8-bit levels
     library = Option(str, "observed", "Count likelihoods: observed (mean = library size x "
                      "softmax(decoder), the scVI size factor; library = the row's total count) "
@@ -373,6 +373,11 @@ class _CountLikelihood(Likelihood):
         self.library = library
         self.register_buffer("library_size", torch.tensor(1.0))
         self.register_buffer("log_offset", torch.zeros(0))
+
+    @property
+    def reads_observation(self) -> bool:
+        """Whether p(x|z) needs the observed row: its library size, with ``"observed"``."""
+        return self.library == "observed"
 
     def prepare(self, input_dim: int) -> None:
         self.log_offset = torch.zeros(input_dim)
