@@ -306,7 +306,7 @@ def export(run_dir, fmt, part, out, overwrite) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="codes.npy for the posterior means (N, z_dim); codes.npz for arrays loc, "
                    "scale (and labels when the data have them; probs, q(y|x), for --labelled "
-                   "runs).")
+                   "runs; loc_z2, scale_z2, ... of the upper layers for --latent-layers runs).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def encode(run_dir, dataset, limit, out, device) -> None:
     """Posterior means (and scales) of q(z|x) for the images in --data.
@@ -314,7 +314,9 @@ def encode(run_dir, dataset, limit, out, device) -> None:
     Images are binarised exactly as the run's test set was, where the run binarised. For the
     iaf guide the location is the flowed base mean and the scale the base's. A conditional
     model encodes with the data's labels or covariates, q(z|x, y): codes with their effect
-    taken out; a --labelled run with its classifier's most probable class.
+    taken out; a --labelled run with its classifier's most probable class. A hierarchical
+    model's codes are z_1's, with the upper layers' (q(z_l+1|z_l) at the mean code below) in
+    a .npz.
     """
     from .evaluation.evaluate import encode_run
     from .io.files import save_arrays
@@ -328,7 +330,10 @@ def encode(run_dir, dataset, limit, out, device) -> None:
     from .io.checkpoint import read_config
 
     unit = data_unit(read_config(run_dir).model.data_shape)
-    click.echo(f"wrote codes of {n} {unit}s ({source}), z_dim {z_dim}, to {out}")
+    upper = [(k[4:], v.shape[1]) for k, v in codes.items() if k.startswith("loc_")]
+    layers = (f" (and {', '.join(f'{site}: {d}' for site, d in upper)}"
+              f"{'' if suffix == '.npz' else '; in a .npz --out'})") if upper else ""
+    click.echo(f"wrote codes of {n} {unit}s ({source}), z_dim {z_dim}{layers}, to {out}")
 
 
 @main.command(cls=_Command)

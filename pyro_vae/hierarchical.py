@@ -13,10 +13,11 @@ Guide, bottom-up (Burda et al. 2016, §5)::
 
 The bottom layer keeps the one-layer model's site name "z" and is what the decoder reads, so
 every tool that works with the code (``encode``, ``decode``, the pictures, the latent map,
-MIG) works with z_1 unchanged; the importance-sampled log-likelihood, the −ELBO and the Pareto
-k̂ weigh every layer (:func:`~pyro_vae.evaluation.evaluate.log_importance_weights` sums over
-:attr:`HierarchicalVAE.latent_sites`). The ladder (top-down) guide of Sønderby et al. (2016) is
-not built.
+MIG) works with z_1 unchanged (``pyro-vae encode`` adds the upper layers' codes,
+:meth:`HierarchicalVAE.encode_layers`); the importance-sampled log-likelihood, the −ELBO and
+the Pareto k̂ weigh every layer (:func:`~pyro_vae.evaluation.evaluate.log_importance_weights`
+sums over :attr:`HierarchicalVAE.latent_sites`). The ladder (top-down) guide of Sønderby et
+al. (2016) is not built.
 """
 
 from __future__ import annotations
@@ -204,6 +205,21 @@ class HierarchicalVAE(VAE):
         for layer in self.downward[::-1]:
             z = layer(z).sample()
         return z
+
+    @torch.no_grad()
+    def encode_layers(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Location and scale of every layer's guide along its mean path, for ``x`` (batch,
+        D): q(z_1|x) as :meth:`encode`, then q(z_{l+1}|z_l) at z_l = its location below,
+        ``{"z": ((batch, d_1), (batch, d_1)), "z2": ((batch, d_2), (batch, d_2)), …}``. The
+        upper layers' codes are thus those of the guide's conditionals at the mean code, not
+        the marginal q(z_{l+1}|x), which has no closed form."""
+        loc, scale = self.encode(x)
+        codes = {"z": (loc, scale)}
+        for site, layer in zip(self.latent_sites[1:], self.upward):
+            q = layer(loc)
+            loc = q.mean
+            codes[site] = (loc, q.stddev)
+        return codes
 
     @torch.no_grad()
     def upper_draws(self, z: torch.Tensor) -> dict[str, torch.Tensor]:

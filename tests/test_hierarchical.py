@@ -5,6 +5,7 @@ refusals, and the run directory (config, weights, evaluate, pictures) of a two-l
 import json
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -194,6 +195,17 @@ def test_two_layer_run_trains_saves_evaluates_and_draws_from_the_cli(fmnist_npz,
         out = tmp_path / f"{mode}.png"
         drawn = runner.invoke(main, ["sample", str(run), "--mode", mode, "--out", str(out)])
         assert drawn.exit_code == 0 and out.stat().st_size > 1000, drawn.output
+    codes = tmp_path / "codes.npz"
+    encoded = runner.invoke(main, ["encode", str(run), "--data", str(fmnist_npz), "--limit", "50",
+                                   "--out", str(codes)])
+    assert encoded.exit_code == 0 and "z_dim 16 (and z2: 6)" in encoded.output, encoded.output
+    arrays = np.load(codes)
+    assert {k: arrays[k].shape for k in ("loc", "scale", "loc_z2", "scale_z2")} == {
+        "loc": (50, 16), "scale": (50, 16), "loc_z2": (50, 6), "scale_z2": (50, 6)}
+    upper = vae.upward[0](torch.from_numpy(arrays["loc"]))  # q(z_2|z_1) at z_1's mean code
+    np.testing.assert_allclose(arrays["loc_z2"], upper.mean.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(arrays["scale_z2"], upper.stddev.detach().numpy(), atol=1e-5)
+    assert 0 < arrays["scale_z2"].min() and len(np.unique(arrays["loc_z2"][:, 0])) == 50
     refused = runner.invoke(main, ["fit", "--latent-layers", "2", "--elbo", "tc",
                                    "--out", str(tmp_path / "no")])
     assert refused.exit_code != 0 and "one latent site" in refused.output

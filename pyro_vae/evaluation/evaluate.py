@@ -576,10 +576,13 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
     For a conditional model these are of q(z|x, y), y the data's labels or covariates: codes
     with the condition's effect taken out, since the decoder receives y beside z. For the
     semi-supervised model y is the classifier's most probable class, and ``probs`` (N, K)
-    holds q(y|x).
+    holds q(y|x). For a hierarchical model ``loc`` and ``scale`` are z_1's, and ``loc_z2``,
+    ``scale_z2`` (N, d_2), … those of the upper layers along the guide's mean path
+    (:meth:`~pyro_vae.hierarchical.HierarchicalVAE.encode_layers`).
 
-    Returns ``({"loc": (N, z_dim), "scale": (N, z_dim)[, "labels": (N,)][, "probs": (N, K)]},
-    source)`` as NumPy arrays and a description of the data.
+    Returns ``({"loc": (N, z_dim), "scale": (N, z_dim)[, "loc_z2": (N, d_2), "scale_z2": …]
+    [, "labels": (N,)][, "probs": (N, K)]}, source)`` as NumPy arrays and a description of the
+    data.
 
     Raises
     ------
@@ -597,6 +600,11 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
                                   y[i : i + 1000].to(device) if y is not None else None)
                        for i in rows))
     codes = {"loc": torch.cat(loc).cpu().numpy(), "scale": torch.cat(scale).cpu().numpy()}
+    if vae.hierarchical:
+        layers = [vae.encode_layers(x[i : i + 1000].to(device)) for i in rows]
+        for site in vae.latent_sites[1:]:
+            codes[f"loc_{site}"] = torch.cat([c[site][0] for c in layers]).cpu().numpy()
+            codes[f"scale_{site}"] = torch.cat([c[site][1] for c in layers]).cpu().numpy()
     if held.labels is not None:
         codes["labels"] = held.labels.numpy()
     if vae.semi_supervised:
