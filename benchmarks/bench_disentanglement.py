@@ -58,7 +58,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=1)
-    print(f"\n| model | MIG | TC (nats) | test −ELBO | seeds |\n|---|---|---|---|---|")
+    print("\n| model | MIG | TC (nats) | test −ELBO | seeds |\n|---|---|---|---|---|")
     for beta in args.betas:
         mine = [r for r in runs if r["beta"] == beta]
         name = "VAE (β = 1)" if beta == 1.0 else f"β-TCVAE, β = {beta:g}"

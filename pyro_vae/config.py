@@ -465,6 +465,10 @@ class DataConfig:
 
 #: Images per SVI step unless --batch-size says otherwise (fewer when the data are fewer).
 DEFAULT_BATCH = 128
+#: The ``dataset`` of a run trained on data given in memory (``fit(data=...)``) without a
+#: source file.
+IN_MEMORY = "in-memory data"
+
 #: α of the semi-supervised model's classification term unless --classifier-weight says
 #: otherwise (see the README, "Labels").
 DEFAULT_CLASSIFIER_WEIGHT = 300.0
@@ -767,8 +771,8 @@ class Config:
     def _check_labels(self) -> None:
         """The rules of conditional and semi-supervised models."""
         model, train, data = self.model, self.train, self.data
-        if model.covariates is not None and not data.dataset.lower().endswith(
-                (".csv", ".parquet")):
+        if model.covariates is not None and data.dataset != IN_MEMORY and \
+                not data.dataset.lower().endswith((".csv", ".parquet")):
             raise ConfigError(f"--condition {model.condition} names table columns, but "
                               f"{data.dataset} is not a .csv or .parquet table; use --condition "
                               "label to condition on the class label")

@@ -458,6 +458,7 @@ def test_m2_trains_on_partly_labelled_data(fmnist_npz, tmp_path, monkeypatch):
     ("npz", ["--condition", "age"], "not a .csv or .parquet table"),
     ("npz", ["--labelled", 100, "--elbo", "meanfield"], "use --elbo trace"),
     ("npz", ["--classifier-weight", 3], "with --labelled N"),
+    ("balanced", ["--labelled", 200, "--classifier-weight", 0], "keeps the label of every"),
     ("npz", ["--labelled", "many"], "positive number of labels"),
     ("table-missing", ["--condition", "label", "--label-column", "kind"], "missing values"),
     ("table", ["--condition", "nosuch"], "has no numeric column 'nosuch'"),
@@ -474,6 +475,7 @@ def test_bad_labels_are_refused_in_one_line_and_nothing_is_written(case, args, m
         "none-labelled": tmp_path / "none.npz",
         "test-unlabelled": tmp_path / "tu.npz",
         "partly": tmp_path / "partly.npz",
+        "balanced": tmp_path / "balanced.npz",
         "table": tmp_path / "t.csv",
         "table-missing": tmp_path / "tm.csv",
     }[case]
@@ -481,6 +483,10 @@ def test_bad_labels_are_refused_in_one_line_and_nothing_is_written(case, args, m
         np.save(dataset, x["x_train"])
     elif case == "partly":
         np.savez(dataset, **_partly_labelled(x))
+    elif case == "balanced":  # 20 images of each class, every one labelled
+        rows = np.concatenate([np.flatnonzero(x["y_train"] == k)[:20] for k in range(10)])
+        np.savez(dataset, x_train=x["x_train"][rows], y_train=x["y_train"][rows],
+                 x_test=x["x_test"], y_test=x["y_test"])
     elif case in ("test-label-10", "negative", "no-test-labels", "none-labelled",
                   "test-unlabelled"):
         arrays = dict(x)
@@ -570,6 +576,28 @@ def test_covariates_are_taken_out_of_the_codes(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "draws.npy").exists()
     with pytest.raises(ConfigError, match="give y, one per row"):
         load(tmp_path / "conditioned").sample(4)
+
+
+def test_a_table_in_memory_is_conditioned_on_its_columns_as_a_file_is(tmp_path):
+    """fit(data=Data(..., columns=...)) takes the covariates out by name, as --dataset t.csv
+    --condition does, and refuses them for data without column names."""
+    import statsmodels.datasets as datasets
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = datasets.macrodata.load_pandas().data
+    rows = torch.tensor(table.to_numpy(), dtype=torch.float32)
+    data = Data(rows[:160], rows[160:], (rows.shape[1],), columns=tuple(table.columns))
+    vae, metrics = fit(data=data, condition="year,quarter", likelihood="normal-learned",
+                       z_dim=2, hidden=(16,), epochs=2, progress=False)
+    assert vae.condition is not None and vae.condition.dim == 2
+    assert vae.config.data_shape == (12,)  # 14 columns less the 2 covariates
+    assert vae.config.covariates == ("year", "quarter") and math.isfinite(
+        metrics[-1]["test_neg_elbo"])
+    with pytest.raises(DataError, match="is not a table; use --condition label"):
+        fit(data=Data(rows[:160], rows[160:], (rows.shape[1],)), condition="year",
+            likelihood="normal-learned", epochs=1, progress=False)
 
 
 def test_a_semi_supervised_run_resumes_exactly_from_a_mid_epoch_checkpoint(fmnist_small,

@@ -27,7 +27,7 @@ from .. import plots
 from ..evaluation import pictures
 from ..evaluation.evaluate import KL_TERMS_IMAGES, classifier_accuracy, kl_terms
 from ..config import (
-    Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
+    IN_MEMORY, Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
 from ..devices import resolve_device
 from ..errors import (
     CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted,
@@ -879,6 +879,8 @@ def fit(
                               "--overwrite")
         target, command, config = resume, "pyro-vae fit --resume", None
     else:
+        if data is not None:  # the data's own source, not the default dataset, is checked
+            options = {**options, "dataset": data.source or IN_MEMORY}
         config = _run_config(model, options)
         target = out
         command = "pyro-vae fit --overwrite" if overwrite else "pyro-vae fit"
@@ -949,7 +951,7 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
         data = load_data(config)
     else:
         data = prepare_data(read_validation(data, config), config)
-        config = config.replace(dataset=data.source or "in-memory data")
+        config = config.replace(dataset=data.source or IN_MEMORY)
     _check_validation(config, data)
     if data.columns is not None and config.data.columns is None:  # a table's names
         config = config.replace(columns=data.columns, classes=data.classes)
@@ -964,6 +966,10 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     if config.model.semi_supervised:
         data = hide_labels(data, config.data.labelled_count, config.train.seed,
                            config.model.num_classes)
+        if config.train.classifier_weight == 0 and bool((data.train_labels >= 0).all()):
+            raise ConfigError(f"--labelled {config.data.labelled} keeps the label of every "
+                              "training image, so the classifier q(y|x) learns only from the "
+                              "classification term; give --classifier-weight > 0")
     return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
 
 
