@@ -315,7 +315,7 @@ def encode(run_dir, dataset, limit, out, device) -> None:
     iaf guide the location is the flowed base mean and the scale the base's. A conditional
     model encodes with the data's labels or covariates, q(z|x, y): codes with their effect
     taken out; a --labelled run with its classifier's most probable class. A hierarchical
-    model's codes are z_1's, with the upper layers' (q(z_l+1|z_l) at the mean code below) in
+    model's codes are z_1's, with the upper layers' (q(z_{l+1}|z_l) at the mean code below) in
     a .npz.
     """
     from .evaluation.evaluate import encode_run
@@ -331,8 +331,9 @@ def encode(run_dir, dataset, limit, out, device) -> None:
 
     unit = data_unit(read_config(run_dir).model.data_shape)
     upper = [(k[4:], v.shape[1]) for k, v in codes.items() if k.startswith("loc_")]
-    layers = (f" (and {', '.join(f'{site}: {d}' for site, d in upper)}"
-              f"{'' if suffix == '.npz' else '; in a .npz --out'})") if upper else ""
+    named = ", ".join(f"{site}: {d}" for site, d in upper)
+    layers = ("" if not upper else f" (and {named})" if suffix == ".npz"
+              else f" ({named} not written: give a .npz --out for them)")
     click.echo(f"wrote codes of {n} {unit}s ({source}), z_dim {z_dim}{layers}, to {out}")
 
 

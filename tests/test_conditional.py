@@ -588,7 +588,8 @@ def test_a_table_in_memory_is_conditioned_on_its_columns_as_a_file_is(tmp_path):
         warnings.simplefilter("ignore")
         table = datasets.macrodata.load_pandas().data
     rows = torch.tensor(table.to_numpy(), dtype=torch.float32)
-    data = Data(rows[:160], rows[160:], (rows.shape[1],), columns=tuple(table.columns))
+    data = Data(rows[:160], rows[160:], (rows.shape[1],), source="US macro quarters",
+                columns=tuple(table.columns))  # any source: the column names decide
     vae, metrics = fit(data=data, condition="year,quarter", likelihood="normal-learned",
                        z_dim=2, hidden=(16,), epochs=2, progress=False)
     assert vae.condition is not None and vae.condition.dim == 2

@@ -213,6 +213,19 @@ def test_two_layer_run_trains_saves_evaluates_and_draws_from_the_cli(fmnist_npz,
     assert math.isfinite(result["nll"])
 
 
+def test_encode_layers_chains_the_guide_up_every_layer():
+    vae = VAE.from_config(Config(latent_layers=3, z_dim=8, hidden=(16,), data_shape=(28, 28)))
+    x = torch.rand(5, 784)
+    codes = vae.encode_layers(x)
+    assert [(k, v[0].shape[1]) for k, v in codes.items()] == [("z", 8), ("z2", 4), ("z3", 2)]
+    torch.testing.assert_close(codes["z"][0], vae.encode(x)[0])
+    with torch.no_grad():
+        q2 = vae.upward[0](vae.encode(x)[0])
+        q3 = vae.upward[1](q2.mean)
+    torch.testing.assert_close(codes["z3"][0], q3.mean)
+    torch.testing.assert_close(codes["z3"][1], q3.stddev)
+
+
 def test_an_iaf_guide_under_two_layers_evaluates_with_the_kl_split_by_layer(fmnist_small):
     pyro.set_rng_seed(0)
     vae = VAE.from_config(Config(latent_layers=2, guide="iaf", z_dim=8, hidden=(32,),

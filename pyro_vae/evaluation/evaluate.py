@@ -591,6 +591,8 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
     """
 
     device = resolve_device(device)
+    from ..hierarchical import HierarchicalVAE
+
     vae, config = load_run(run_dir, device, model)
     held = eval_data(config, dataset, limit)
     y = None if vae.semi_supervised else held.conditions(config.model.condition)
@@ -600,7 +602,7 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
                                   y[i : i + 1000].to(device) if y is not None else None)
                        for i in rows))
     codes = {"loc": torch.cat(loc).cpu().numpy(), "scale": torch.cat(scale).cpu().numpy()}
-    if vae.hierarchical:
+    if isinstance(vae, HierarchicalVAE):  # a user's model of several sites has no such codes
         layers = [vae.encode_layers(x[i : i + 1000].to(device)) for i in rows]
         for site in vae.latent_sites[1:]:
             codes[f"loc_{site}"] = torch.cat([c[site][0] for c in layers]).cpu().numpy()

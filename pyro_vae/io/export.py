@@ -13,7 +13,7 @@ sidecar that says what its inputs and outputs are.
 - The **classifier** of a semi-supervised run (``--labelled``) maps ``x`` (batch, D) to the
   ``logits`` and ``probs`` (batch, K) of q(y|x).
 
-Both have a dynamic batch dimension. ``pyro-vae export`` and :func:`export_run` write them.
+Each has a dynamic batch dimension. ``pyro-vae export`` and :func:`export_run` write them.
 """
 
 from __future__ import annotations

@@ -371,13 +371,9 @@ class _CountLikelihood(Likelihood):
     def __init__(self, library: str = "observed"):
         super().__init__()
         self.library = library
+        self.reads_observation = library == "observed"  # the row's library size
         self.register_buffer("library_size", torch.tensor(1.0))
         self.register_buffer("log_offset", torch.zeros(0))
-
-    @property
-    def reads_observation(self) -> bool:
-        """Whether p(x|z) needs the observed row: its library size, with ``"observed"``."""
-        return self.library == "observed"
 
     def prepare(self, input_dim: int) -> None:
         self.log_offset = torch.zeros(input_dim)

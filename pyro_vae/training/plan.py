@@ -879,8 +879,8 @@ def fit(
                               "--overwrite")
         target, command, config = resume, "pyro-vae fit --resume", None
     else:
-        if data is not None:  # the data's own source, not the default dataset, is checked
-            options = {**options, "dataset": data.source or IN_MEMORY}
+        if data is not None:  # checked as the data are, not as the default dataset
+            options = {**options, "dataset": _dataset_of(data)}
         config = _run_config(model, options)
         target = out
         command = "pyro-vae fit --overwrite" if overwrite else "pyro-vae fit"
@@ -945,13 +945,24 @@ def _run_config(model, options: dict) -> Config:
     return (model or Config()).replace(**options)
 
 
+def _dataset_of(data: Data) -> str:
+    """The ``dataset`` of a run on data given in memory: their source (a file that
+    ``evaluate`` and ``encode`` read again), or :data:`IN_MEMORY` where they have none, or
+    are a table whose source is not a table file (its columns, not the source's name, decide
+    what ``--condition NAMES`` may take)."""
+    if not data.source or (data.columns is not None and not str(data.source).lower().endswith(
+            (".csv", ".parquet"))):
+        return IN_MEMORY
+    return data.source
+
+
 def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     """The data (loaded or given, checked) and the config with their shape."""
     if data is None:
         data = load_data(config)
     else:
         data = prepare_data(read_validation(data, config), config)
-        config = config.replace(dataset=data.source or IN_MEMORY)
+        config = config.replace(dataset=_dataset_of(data))
     _check_validation(config, data)
     if data.columns is not None and config.data.columns is None:  # a table's names
         config = config.replace(columns=data.columns, classes=data.classes)
