@@ -450,7 +450,7 @@ class DataConfig:
         _validate_fields(self)
         if self.validation_dataset is not None and self.validation_fraction:
             raise ConfigError("give --validation-fraction or --validation-dataset, not both")
-        table = str(self.dataset).lower().endswith((".csv", ".parquet"))
+        table = is_table_file(self.dataset)
         for name in ("label_column", "drop_non_numeric"):
             if getattr(self, name) and not table:
                 raise ConfigError(f"--{name.replace('_', '-')} applies to tables (.csv, "
@@ -465,6 +465,15 @@ class DataConfig:
 
 #: Images per SVI step unless --batch-size says otherwise (fewer when the data are fewer).
 DEFAULT_BATCH = 128
+#: File endings of the tables that ``--dataset`` reads (columns by name).
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def is_table_file(name) -> bool:
+    """Whether ``name`` (a ``--dataset`` value) is a table file: .csv or .parquet."""
+    return str(name).lower().endswith(TABLE_SUFFIXES)
+
+
 #: The ``dataset`` of a run trained on data given in memory (``fit(data=...)``) without a
 #: source file.
 IN_MEMORY = "in-memory data"
@@ -772,7 +781,7 @@ class Config:
         """The rules of conditional and semi-supervised models."""
         model, train, data = self.model, self.train, self.data
         if model.covariates is not None and data.dataset != IN_MEMORY and \
-                not data.dataset.lower().endswith((".csv", ".parquet")):
+                not is_table_file(data.dataset):
             raise ConfigError(f"--condition {model.condition} names table columns, but "
                               f"{data.dataset} is not a .csv or .parquet table; use --condition "
                               "label to condition on the class label")

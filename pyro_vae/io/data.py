@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, DataConfig, data_unit
+from ..config import Config, DataConfig, data_unit, is_table_file
 from ..errors import DataError
 from .folders import class_names as folder_class_names
 from .folders import read_folder
@@ -912,7 +912,7 @@ def _read_arrays(path: str, source: DataConfig) -> dict[str, np.ndarray]:
     if source.image_size is not None or source.strict:
         raise DataError(f"--image-size and --strict apply to folders of images, not {path}; "
                         "drop them")
-    if path.lower().endswith((".csv", ".parquet")):
+    if is_table_file(path):
         return read_table(path, source.label_column, source.drop_non_numeric, source.columns,
                           source.classes)
     if not path.lower().endswith((".npy", ".npz")):

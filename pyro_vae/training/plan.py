@@ -27,7 +27,8 @@ from .. import plots
 from ..evaluation import pictures
 from ..evaluation.evaluate import KL_TERMS_IMAGES, classifier_accuracy, kl_terms
 from ..config import (
-    IN_MEMORY, Config, DataConfig, TrainConfig, data_unit, section_options, section_values)
+    IN_MEMORY, Config, DataConfig, TrainConfig, data_unit, is_table_file, section_options,
+    section_values)
 from ..devices import resolve_device
 from ..errors import (
     CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted,
@@ -950,8 +951,7 @@ def _dataset_of(data: Data) -> str:
     ``evaluate`` and ``encode`` read again), or :data:`IN_MEMORY` where they have none, or
     are a table whose source is not a table file (its columns, not the source's name, decide
     what ``--condition NAMES`` may take)."""
-    if not data.source or (data.columns is not None and not str(data.source).lower().endswith(
-            (".csv", ".parquet"))):
+    if not data.source or (data.columns is not None and not is_table_file(data.source)):
         return IN_MEMORY
     return data.source
 
