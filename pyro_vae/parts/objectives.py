@@ -465,7 +465,9 @@ def jit_unsupported(config) -> str | None:
 
     Compiling needs TorchScript (Python < 3.14) and a compiled form of the objective (only
     ``Trace_ELBO`` has one that works); the contractive penalty's ``torch.func`` Jacobian
-    cannot be traced. A KL warm-up can: its weight is an argument of the model and guide.
+    cannot be traced, nor can a step under bf16 autocast (the tracer refuses the weights'
+    bf16 copies as constants). A KL warm-up can: its weight is an argument of the model and
+    guide.
     """
     if sys.version_info >= (3, 14):
         return "TorchScript, which Pyro's compiled objectives use, does not support Python 3.14+"
@@ -477,6 +479,9 @@ def jit_unsupported(config) -> str | None:
         return "--free-bits has no compiled form (Pyro's JitTrace_ELBO is Trace_ELBO's)"
     if config.train.contractive:
         return "the --contractive penalty's Jacobian (torch.func) cannot be traced"
+    if config.train.precision != "float32":
+        return (f"--precision {config.train.precision} runs under torch.autocast, which "
+                "torch.jit.trace cannot record")
     return None
 
 
