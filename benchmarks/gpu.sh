@@ -41,9 +41,11 @@ cp /tmp/pyro-vae-gpu-run/metrics.csv "$out/metrics.csv" 2>/dev/null
 run evaluate "${cli[@]}" evaluate /tmp/pyro-vae-gpu-run --device "$device"
 # Importance-sampled evaluation against the plain estimator; allocator peak at K = 1000, 5000.
 run iwae "$py" benchmarks/bench_evaluate.py --device "$device" --images 2000 --k 1000
-# bf16 autocast: speed and nats.
+# --precision bf16: speed and nats, and the main command with it.
 run amp "$py" benchmarks/bench_amp.py --device "$device"
-run amp_jit "$py" benchmarks/bench_amp.py --device "$device" --jit --batch-sizes 128 512 --epochs 0
+rm -rf /tmp/pyro-vae-gpu-bf16
+run fit_bf16 "${cli[@]}" fit --dataset fashion-mnist --epochs "$epochs" --device "$device" \
+    --precision bf16 --quiet --out /tmp/pyro-vae-gpu-bf16
 # torchrun: the NCCL backend on CUDA (gloo on the CPU), one process per GPU.
 rm -rf /tmp/pyro-vae-gpu-ddp
 gpus=$("$py" -c "import torch; print(max(1, torch.cuda.device_count()))")
