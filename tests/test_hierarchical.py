@@ -202,6 +202,12 @@ def test_two_layer_run_trains_saves_evaluates_and_draws_from_the_cli(fmnist_npz,
     arrays = np.load(codes)
     assert {k: arrays[k].shape for k in ("loc", "scale", "loc_z2", "scale_z2")} == {
         "loc": (50, 16), "scale": (50, 16), "loc_z2": (50, 6), "scale_z2": (50, 6)}
+    from pyro_vae.io.checkpoint import read_config
+    from pyro_vae.io.data import eval_data
+
+    loc, scale = vae.encode(eval_data(read_config(run), str(fmnist_npz), 50).x)  # q(z_1|x)
+    np.testing.assert_allclose(arrays["loc"], loc.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(arrays["scale"], scale.detach().numpy(), atol=1e-6)
     upper = vae.upward[0](torch.from_numpy(arrays["loc"]))  # q(z_2|z_1) at z_1's mean code
     np.testing.assert_allclose(arrays["loc_z2"], upper.mean.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(arrays["scale_z2"], upper.stddev.detach().numpy(), atol=1e-5)

@@ -598,15 +598,18 @@ def encode_run(run_dir, dataset: str, limit: int | None = None, device: str = "a
     y = None if vae.semi_supervised else held.conditions(config.model.condition)
     x = held.x
     rows = range(0, x.shape[0], 1000)
-    loc, scale = zip(*(vae.encode(x[i : i + 1000].to(device),
-                                  y[i : i + 1000].to(device) if y is not None else None)
-                       for i in rows))
-    codes = {"loc": torch.cat(loc).cpu().numpy(), "scale": torch.cat(scale).cpu().numpy()}
-    if isinstance(vae, HierarchicalVAE):  # a user's model of several sites has no such codes
-        layers = [vae.encode_layers(x[i : i + 1000].to(device)) for i in rows]
-        for site in vae.latent_sites[1:]:
-            codes[f"loc_{site}"] = torch.cat([c[site][0] for c in layers]).cpu().numpy()
-            codes[f"scale_{site}"] = torch.cat([c[site][1] for c in layers]).cpu().numpy()
+    # A hierarchical model's layers come from one pass up the guide, z_1's first; a user's
+    # model of several sites has no such codes. (Hierarchical models take no condition.)
+    layered = isinstance(vae, HierarchicalVAE)
+    chunks = [vae.encode_layers(x[i : i + 1000].to(device)) if layered else
+              {"z": vae.encode(x[i : i + 1000].to(device),
+                               y[i : i + 1000].to(device) if y is not None else None)}
+              for i in rows]
+    codes = {}
+    for site in vae.latent_sites if layered else ["z"]:
+        name = "" if site == "z" else f"_{site}"
+        codes[f"loc{name}"] = torch.cat([c[site][0] for c in chunks]).cpu().numpy()
+        codes[f"scale{name}"] = torch.cat([c[site][1] for c in chunks]).cpu().numpy()
     if held.labels is not None:
         codes["labels"] = held.labels.numpy()
     if vae.semi_supervised:
