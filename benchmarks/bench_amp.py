@@ -32,7 +32,8 @@ from pyro_vae.training.step import autocast  # noqa: E402
 
 
 def figures(vae, x, k: int, device, bf16: bool) -> dict:
-    """Test figures from a fixed seed, in float32 or under bf16 autocast."""
+    """``neg_elbo`` and ``nll`` (K = ``k``) of the images ``x`` (N, 784), nats per image, from
+    seed 0, in float32 or (``bf16``) under the bf16 step's :func:`autocast`."""
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(0)
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100, help="importance samples per test image")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                         help="the float32 step compiled with JitTrace_ELBO, as fit runs it")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
 

@@ -570,7 +570,8 @@ class TrainConfig:
     precision: str = option(
         str, "float32", "Arithmetic of the training step: float32, or bf16 (the model and guide "
         "under torch.autocast: matrix products in bfloat16; weights, optimiser and every "
-        "evaluation in float32; not compiled). Faster on CPUs with bf16 instructions.",
+        "evaluation in float32; not compiled). Pays on CPUs with bf16 instructions at batches of "
+        "512 or more.",
         choices=PRECISIONS)
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ from pyro_vae import VAE, Config, fit
 from pyro_vae.errors import ConfigError
 from pyro_vae.parts.objectives import build_elbo, jit_unsupported
 from pyro_vae.training.optim import JointOptim
-from pyro_vae.training.step import TrainingStep, autocast
+from pyro_vae.training.step import TrainingStep, autocast, in_bf16
 
 from conftest import cli
 
@@ -28,14 +28,15 @@ CASES = [
 
 
 def _loss_and_grads(vae, config, x, bf16: bool):
-    """Pyro's −ELBO of the batch (nats per image) and the flattened gradient, from seed 1."""
+    """Pyro's −ELBO of the batch (nats per image) and the flattened gradient, from seed 1,
+    with the model and guide run as TrainingStep runs them."""
     pyro.set_rng_seed(1)
     for p in vae.parameters():
         p.grad = None
-    with autocast(bf16, x.device):
-        loss = build_elbo(config).loss_and_grads(vae.model, vae.guide, x)
-    grads = torch.cat([p.grad.flatten() for p in vae.parameters() if p.grad is not None])
-    return loss / x.shape[0], grads, [p.grad for p in vae.parameters()]
+    model, guide = (in_bf16(vae.model), in_bf16(vae.guide)) if bf16 else (vae.model, vae.guide)
+    loss = build_elbo(config).loss_and_grads(model, guide, x)
+    return loss / x.shape[0], torch.cat([p.grad.flatten() for p in vae.parameters()
+                                         if p.grad is not None])
 
 
 @pytest.mark.parametrize("options", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
@@ -49,11 +50,11 @@ def test_bf16_scores_the_float32_elbo_to_a_tenth_of_a_nat(options, fmnist_small)
     x = fmnist_small.train[:128]
     if config.binarization:
         x = x.bernoulli()
-    loss32, g32, _ = _loss_and_grads(vae, config, x, bf16=False)
-    loss16, g16, grads = _loss_and_grads(vae, config, x, bf16=True)
+    loss32, g32 = _loss_and_grads(vae, config, x, bf16=False)
+    loss16, g16 = _loss_and_grads(vae, config, x, bf16=True)
+    assert loss16 != loss32  # the matrix products did run in bf16
     assert abs(loss16 - loss32) < 0.1, (loss16, loss32)
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
-    assert all(g is None or g.dtype == torch.float32 for g in grads)
 
 
 def test_bf16_steps_move_every_parameter_and_keep_float32_weights(fmnist_small):
@@ -63,8 +64,20 @@ def test_bf16_steps_move_every_parameter_and_keep_float32_weights(fmnist_small):
     vae = VAE.from_config(config).train()
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
     step = TrainingStep(vae, JointOptim(torch.optim.Adam, vae, {"lr": 1e-3}), config)
+    seen = []  # the dtype every module computes in, and hands on
+    hooks = [m.register_forward_pre_hook(lambda m, i: seen.append(torch.is_autocast_enabled(
+        "cpu"))) for m in vae.modules()] + [m.register_forward_hook(
+            lambda m, i, out: seen.append(out.dtype) if torch.is_tensor(out) else None)
+        for m in vae.modules()]
+    global_hooks = len(torch.nn.modules.module._global_forward_hooks)
     for batch in fmnist_small.train[:640].split(128):
         step(batch)
+    for hook in hooks:
+        hook.remove()
+    assert True in seen and False not in seen  # every module ran under autocast
+    assert torch.bfloat16 not in seen and torch.float32 in seen  # and handed on float32
+    assert not torch.is_autocast_enabled("cpu")
+    assert len(torch.nn.modules.module._global_forward_hooks) == global_hooks
     assert all(p.dtype == torch.float32 for p in vae.parameters())
     unchanged = [k for k, v in vae.named_parameters() if torch.equal(v, before[k])]
     assert unchanged == []
@@ -78,6 +91,19 @@ def test_bf16_training_reaches_the_float32_test_elbo_on_fashion_mnist(fmnist_sma
     assert abs(test16 - test32) < 1.0, (test16, test32)
 
 
+def test_autocast_context_leaves_nothing_behind_when_a_step_fails():
+    before = len(torch.nn.modules.module._global_forward_hooks)
+    with pytest.raises(RuntimeError, match="diverged"):
+        with autocast(True, torch.device("cpu")):
+            assert torch.is_autocast_enabled("cpu")
+            out = torch.nn.Linear(3, 2)(torch.ones(1, 3))
+            assert out.dtype == torch.float32  # cast back from bf16
+            raise RuntimeError("diverged")
+    assert not torch.is_autocast_enabled("cpu")
+    assert len(torch.nn.modules.module._global_forward_hooks) == before
+    assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
+
+
 def test_bf16_trains_uncompiled_and_an_explicit_jit_is_refused(fmnist_small):
     config = Config(data_shape=(28, 28), hidden=(32,), precision="bf16")
     assert "torch.autocast" in jit_unsupported(config)
@@ -86,6 +112,9 @@ def test_bf16_trains_uncompiled_and_an_explicit_jit_is_refused(fmnist_small):
         is None
     with pytest.raises(ConfigError, match="--jit is not possible here: --precision bf16"):
         fit(config.replace(jit=True), data=fmnist_small, progress=False)
+    with pytest.raises(ConfigError, match="--precision bf16 runs under torch.autocast"):
+        TrainingStep(vae, JointOptim(torch.optim.Adam, vae, {"lr": 1e-3}),
+                     config.replace(jit=True))
 
 
 def test_cli_precision_is_stored_and_checked(fmnist_npz, tmp_path):

@@ -147,3 +147,34 @@ def test_a_signal_mid_epoch_saves_a_state_that_resumes_exactly(fmnist_npz, tmp_p
     a, b = load(tmp_path / "run"), load(tmp_path / "whole")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_named_dataset_given_in_memory_is_stored_by_name_and_read_again(tmp_path):
+    # load_data's Fashion-MNIST handed to fit: the run names the dataset and its first 300
+    # training images, so evaluate needs no data and a resumed run reads the same rows.
+    import json
+
+    from pyro_vae import evaluate_run, load_data
+    from pyro_vae.io.data import named_source
+
+    data = load_data(Config(limit=300))
+    options = dict(epochs=2, hidden=(16,), z_dim=4, batch_size=100, progress=False)
+    _, whole = fit(data=data, out=tmp_path / "whole", **options)
+    stored = json.loads((tmp_path / "whole" / "config.json").read_text())["data"]
+    assert (stored["dataset"], stored["limit"]) == ("fashion-mnist", 300)
+    figures = evaluate_run(tmp_path / "whole", limit=50, iwae_samples=5, progress=False)
+    assert figures["num_images"] == 50 and figures["nll"] < 550
+    fit(data=data, out=tmp_path / "half", **{**options, "epochs": 1})
+    _, resumed = fit(resume=tmp_path / "half", epochs=2, progress=False)  # no data given
+    for a, b in zip(resumed, whole):
+        assert {k: v for k, v in a.items() if k != "train_seconds"} == {
+            k: v for k, v in b.items() if k != "train_seconds"}
+
+    assert named_source(data.source) == "fashion-mnist"
+    assert named_source("shapes (rendered)") == "shapes"
+    assert named_source("fashion-mnist subset") is None
+    (tmp_path / "mnist (copy)").mkdir()  # a folder of the user's that only looks like one
+    assert named_source(str(tmp_path / "mnist (copy)")) is None
+    import os
+    os.chdir(tmp_path)
+    assert named_source("mnist (copy)") is None

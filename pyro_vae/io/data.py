@@ -718,6 +718,16 @@ def binarize_fixed(x: torch.Tensor) -> torch.Tensor:
     return binarize(x.cpu(), generator).to(x.device)
 
 
+def named_source(source: str) -> str | None:
+    """The named dataset (``fashion-mnist``, ``shapes``, …) whose :attr:`Data.source` is
+    ``source``, as :func:`read_data` describes it ("fashion-mnist (/its/folder)", "shapes
+    (rendered)"), or None: for a file or folder that exists, and any other description."""
+    name, _, detail = source.partition(" (")
+    if name in NAMED_DATASETS and detail.endswith(")") and not os.path.exists(source):
+        return name
+    return None
+
+
 def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
     if name == "shapes":
         return _load_shapes()
