@@ -155,7 +155,7 @@ def test_named_dataset_given_in_memory_is_stored_by_name_and_read_again(tmp_path
     import json
 
     from pyro_vae import evaluate_run, load_data
-    from pyro_vae.io.data import named_source
+    from pyro_vae.config import IN_MEMORY
 
     data = load_data(Config(limit=300))
     options = dict(epochs=2, hidden=(16,), z_dim=4, batch_size=100, progress=False)
@@ -170,11 +170,9 @@ def test_named_dataset_given_in_memory_is_stored_by_name_and_read_again(tmp_path
         assert {k: v for k, v in a.items() if k != "train_seconds"} == {
             k: v for k, v in b.items() if k != "train_seconds"}
 
-    assert named_source(data.source) == "fashion-mnist"
-    assert named_source("shapes (rendered)") == "shapes"
-    assert named_source("fashion-mnist subset") is None
-    (tmp_path / "mnist (copy)").mkdir()  # a folder of the user's that only looks like one
-    assert named_source(str(tmp_path / "mnist (copy)")) is None
-    import os
-    os.chdir(tmp_path)
-    assert named_source("mnist (copy)") is None
+    assert data.dataset == data.replace(test=data.test_rows).dataset == "fashion-mnist"
+    # With validation rows already held out, the rows are not the first N: kept in memory.
+    held_out = load_data(Config(limit=300, validation_fraction=0.1))
+    fit(data=held_out, out=tmp_path / "split", **{**options, "epochs": 1})
+    stored = json.loads((tmp_path / "split" / "config.json").read_text())["data"]
+    assert stored["dataset"] == IN_MEMORY

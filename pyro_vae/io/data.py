@@ -86,6 +86,9 @@ class Data:
     valid, valid_labels, valid_covariates : optional
         A validation set of V rows, as the test set: held out of the training rows
         (:func:`split_validation`) or read from ``--validation-dataset``; None without one.
+    dataset : str, optional
+        The named dataset (``fashion-mnist``, ``shapes``, …) the rows were read as, which
+        :func:`load_data` reads again; None for files and data built in memory.
 
     The training labels of a semi-supervised run hold −1 for the images without a label: as
     the data came, or hidden by :func:`hide_labels`.
@@ -99,8 +102,9 @@ class Data:
                  train_covariates: torch.Tensor | None = None,
                  test_covariates: torch.Tensor | None = None, valid=None,
                  valid_labels: torch.Tensor | None = None,
-                 valid_covariates: torch.Tensor | None = None):
+                 valid_covariates: torch.Tensor | None = None, dataset: str | None = None):
         self.train_rows, self.test_rows, self.valid_rows = train, test, valid
+        self.dataset = dataset
         self.valid_labels, self.valid_covariates = valid_labels, valid_covariates
         self.data_shape = tuple(data_shape)
         self.train_labels, self.test_labels, self.source = train_labels, test_labels, source
@@ -130,7 +134,8 @@ class Data:
                   "source": self.source, "columns": self.columns, "classes": self.classes,
                   "train_covariates": self.train_covariates,
                   "test_covariates": self.test_covariates, "valid": self.valid_rows,
-                  "valid_labels": self.valid_labels, "valid_covariates": self.valid_covariates}
+                  "valid_labels": self.valid_labels, "valid_covariates": self.valid_covariates,
+                  "dataset": self.dataset}
         return Data(**{**fields, **changes})
 
     def conditions(self, condition: str | None, test: bool = False,
@@ -691,7 +696,7 @@ def _load_shapes() -> Data:
     parts = shapes.split()
     return Data(parts["train"].flatten(1), parts["test"].flatten(1), (shapes.SIZE, shapes.SIZE),
                 parts["train_factors"][:, 0].clone(), parts["test_factors"][:, 0].clone(),
-                source="shapes (rendered)")
+                source="shapes (rendered)", dataset="shapes")
 
 
 def known_factors(dataset: str | None) -> tuple[torch.Tensor, tuple[str, ...]] | None:
@@ -716,16 +721,6 @@ def binarize_fixed(x: torch.Tensor) -> torch.Tensor:
     """Binarise once with :data:`TEST_BINARIZE_SEED`, identically in every run, on the CPU."""
     generator = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
     return binarize(x.cpu(), generator).to(x.device)
-
-
-def named_source(source: str) -> str | None:
-    """The named dataset (``fashion-mnist``, ``shapes``, …) whose :attr:`Data.source` is
-    ``source``, as :func:`read_data` describes it ("fashion-mnist (/its/folder)", "shapes
-    (rendered)"), or None: for a file or folder that exists, and any other description."""
-    name, _, detail = source.partition(" (")
-    if name in NAMED_DATASETS and detail.endswith(")") and not os.path.exists(source):
-        return name
-    return None
 
 
 def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
@@ -780,6 +775,7 @@ def _load_named(name: str, data_dir: str | None, counts: bool = False) -> Data:
         train_labels=train.targets.clone(),
         test_labels=test.targets.clone(),
         source=f"{name} ({root})",
+        dataset=name,
     )
 
 

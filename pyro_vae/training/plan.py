@@ -37,7 +37,7 @@ from ..io import checkpoint
 from ..io.lock import RunLock
 from ..io.data import (
     TEST_BINARIZE_SEED, Data, as_float, binarize_fixed, binarize_rows, draw_binary, hide_labels,
-    load_data, named_source, num_classes, prepare_data, read_validation, sample_rows)
+    load_data, num_classes, prepare_data, read_validation, sample_rows)
 from ..io.stream import MappedRows
 from ..model import VAE
 from ..parts.objectives import jit_unsupported, sampled_kl_sites
@@ -947,12 +947,13 @@ def _run_config(model, options: dict) -> Config:
 
 
 def _dataset_of(data: Data) -> str:
-    """The ``dataset`` of a run on data given in memory that are not a named dataset (those
-    keep its name, :func:`_data_for`): their source (a file that ``evaluate`` and ``encode``
-    read again), or :data:`IN_MEMORY` where they have none, or are a table whose source is
-    not a table file (its columns, not the source's name, decide what ``--condition NAMES``
-    may take)."""
-    if not data.source or (data.columns is not None and not is_table_file(data.source)):
+    """The ``dataset`` of a run on data given in memory that are not stored as a named
+    dataset (:func:`_data_for`): their source (a file that ``evaluate`` and ``encode`` read
+    again), or :data:`IN_MEMORY` where they have none, are a named dataset's rows that its
+    name alone does not give back, or are a table whose source is not a table file (its
+    columns, not the source's name, decide what ``--condition NAMES`` may take)."""
+    if not data.source or data.dataset is not None or (
+            data.columns is not None and not is_table_file(data.source)):
         return IN_MEMORY
     return data.source
 
@@ -962,14 +963,14 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
     if data is None:
         data = load_data(config)
     else:
+        # A named dataset's first `given` training images (load_data's, with no validation
+        # rows held out of them yet) are stored as such, so that a resumed run, evaluate and
+        # encode read the same rows again.
+        named = data.dataset if data.valid_rows is None else None
         given = data.train_rows.shape[0]
         data = prepare_data(read_validation(data, config), config)
-        named = named_source(data.source)
-        if named is None:
-            config = config.replace(dataset=_dataset_of(data))
-        else:  # read as the first `given` training images of a named dataset, so a resumed
-            # run, evaluate and encode read them again: the same rows
-            config = config.replace(dataset=named, limit=config.data.limit or given)
+        config = (config.replace(dataset=_dataset_of(data)) if named is None else
+                  config.replace(dataset=named, limit=config.data.limit or given))
     _check_validation(config, data)
     if data.columns is not None and config.data.columns is None:  # a table's names
         config = config.replace(columns=data.columns, classes=data.classes)
