@@ -61,10 +61,9 @@ class TrainingStep:
     """
 
     def __init__(self, vae: VAE, optim, config: Config, regularisers: dict | None = None):
-        self.bf16 = config.train.precision == "bf16"
         # In bf16 the model and guide run under autocast; the ELBO's log-densities (Pyro
         # scores the traces after running them) and the backward pass run outside it.
-        program = in_bf16 if self.bf16 else (lambda fn: fn)
+        program = in_bf16 if config.train.precision == "bf16" else (lambda fn: fn)
         self.svi = SVI(program(vae.model), program(vae.guide), optim, build_elbo(config))
         self.kwargs = regularisers or {}
         self.classifier = ({"classifier_weight": config.train.classifier_weight}
