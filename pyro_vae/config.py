@@ -344,11 +344,6 @@ class ModelConfig:
         if self.condition is not None:
             raise ConfigError(f"{flag} is built for unconditional models; drop --condition or "
                               "--labelled, or use one stochastic layer")
-        if prior.needs_encoder:
-            raise ConfigError(
-                f"--prior {prior.name} mixes the guide's posteriors q(z|x) at pseudo-inputs, "
-                f"but with {flag} the top layer's guide reads the layer below, not x; use "
-                f"another prior")
         if family.point_mass:
             raise ConfigError(f"{flag} stacks stochastic layers, and a point-mass guide "
                               f"(--guide {family.name}) has none; use --guide "

@@ -70,7 +70,10 @@ class HierarchicalVAE(VAE):
         As :class:`~pyro_vae.model.VAE`, for the bottom layer: the encoder and ``family`` give
         q(z_1|x), the decoder reads z_1 (…, d_1).
     prior : Prior or Distribution
-        p(z_L) over the top layer, event shape (d_L,).
+        p(z_L) over the top layer, event shape (d_L,). A VampPrior (Tomczak & Welling 2018,
+        eq. 9) mixes, at each pseudo-input u_k, the top layer's guide along its mean path,
+        q(z_L | z_{L−1} = μ_{L−1}(… μ_1(u_k))): the marginal q(z_L|u_k) = ∫ q(z_L|z_1) q(z_1|u_k)
+        dz_1 has no closed form, and at the mean path it is one Gaussian per pseudo-input.
     upward : sequence of nn.Module
         L − 1 networks, the l-th mapping z_l (…, d_l) to q(z_{l+1}|z_l), a distribution with
         event shape (d_{l+1},) (e.g. :class:`GaussianLayer`).
@@ -83,9 +86,8 @@ class HierarchicalVAE(VAE):
     Raises
     ------
     ConfigError
-        For fewer than two layers, networks that do not match ``layer_dims``, a condition or a
-        classifier (not built for hierarchical models), or a prior defined through the guide
-        (the VampPrior).
+        For fewer than two layers, networks that do not match ``layer_dims``, or a condition or a
+        classifier (not built for hierarchical models).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior, likelihood="bernoulli",
@@ -102,10 +104,6 @@ class HierarchicalVAE(VAE):
                               f"{len(upward)} and {len(downward)}")
         super().__init__(encoder, decoder, prior, likelihood, family, data_shape=data_shape,
                          standardize=standardize)
-        if self.prior.needs_encoder:
-            raise ConfigError(f"the prior {self.prior.name} mixes the guide's posteriors q(z|x) "
-                              "at pseudo-inputs, and the top layer's guide reads z below it, "
-                              "not x; use another prior with --latent-layers")
         if self.prior.z_dim != layer_dims[-1]:
             raise ConfigError(f"the prior is over {self.prior.z_dim} dimensions but the top "
                               f"layer has {layer_dims[-1]}")
@@ -113,6 +111,8 @@ class HierarchicalVAE(VAE):
         self.latent_sites = layer_sites(len(layer_dims))
         self.upward = nn.ModuleList(upward)
         self.downward = nn.ModuleList(downward)
+        if self.prior.needs_encoder:  # the VampPrior over the top layer
+            self.prior.use_encoder(self._top_gaussian_of_input)
 
     @property
     def z_dim(self) -> int:
@@ -196,6 +196,16 @@ class HierarchicalVAE(VAE):
                 for site, layer in zip(self.latent_sites[1:], self.upward):
                     z = pyro.sample(site, layer(z))
         return bottom
+
+    def _top_gaussian_of_input(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of q(z_L | z_{L−1}) along the guide's mean path from ``seen``
+        (K, D): z_1 = the location of q(z_1|u), z_{l+1} = the location of q(z_{l+1}|z_l); two
+        (K, d_L). The VampPrior over the top layer mixes these Gaussians."""
+        loc, scale = self._gaussian_of_input(seen)
+        for layer in self.upward:
+            q = layer(loc)
+            loc, scale = q.mean, q.stddev
+        return loc, scale
 
     @torch.no_grad()
     def prior_draws(self, sample_shape: tuple[int, ...]) -> torch.Tensor:

@@ -137,11 +137,45 @@ def test_svi_moves_every_parameter_of_every_layer_on_fashion_mnist(fmnist_small)
     assert [k for k, v in vae.named_parameters() if torch.equal(v, before[k])] == []
 
 
+def test_vamp_prior_over_the_top_layer_mixes_its_guide_along_the_mean_path(fmnist_small):
+    """p(z_2) = (1/K) Σ_k q(z_2 | z_1 = μ_1(u_k)) (Tomczak & Welling 2018, eq. 9, with the top
+    layer's guide at the mean code of each pseudo-input); SVI trains the pseudo-inputs, the
+    shared encoder through the prior, and every other parameter."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    config = Config(latent_layers=2, z_dim=12, hidden=(64,), prior="vamp", prior_components=7,
+                    data_shape=(28, 28))
+    vae = VAE.from_config(config)
+    assert vae.layer_dims == (12, 6) and vae.prior.pseudo_inputs.shape == (7, 784)
+    x = binarize_fixed(fmnist_small.train[:64])
+    guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    top = guide.nodes["z2"]["value"]
+    with torch.no_grad():
+        loc1, _ = vae.family.location(vae.encoder(vae.prior.pseudo_inputs))
+        q2 = vae.upward[0](loc1)  # (7,) Gaussians over z_2
+        by_hand = torch.logsumexp(q2.log_prob(top.unsqueeze(1)), dim=1) - math.log(7)
+        assert torch.allclose(model.nodes["z2"]["fn"].log_prob(top), by_hand, atol=1e-5)
+    # The pseudo-inputs get a gradient, and so does the encoder through log p(z_2) alone.
+    prior_term = model.nodes["z2"]["fn"].log_prob(top.detach()).sum()
+    prior_term.backward()
+    assert vae.prior.pseudo_inputs.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.encoder.parameters())
+    vae.zero_grad()
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(x)
+    assert [k for k, v in vae.named_parameters() if torch.equal(v, before[k])] == []
+    # The importance-sampled NLL weighs the mixture prior over z_2 like any other.
+    result = evaluate(vae, x[:16], iwae_samples=20, progress=False)
+    assert result["nll"] < result["neg_elbo"] and result["layer_dims"] == [12, 6]
+
+
 @pytest.mark.parametrize("options, message", [
     ({"elbo": "iwae-dreg", "particles": 5}, "drops part of the path gradient"),
     ({"elbo": "tc"}, "splits the KL term of one latent site"),
     ({"elbo": "meanfield"}, "right for a mean-field guide only"),
-    ({"prior": "vamp"}, "the top layer's guide reads the layer below"),
     ({"guide": "delta", "prior": "laplace"}, "a point-mass guide"),
     ({"condition": "label"}, "built for unconditional models"),
     ({"upper_z_dim": (10, 5)}, "takes 1 of them, not 2"),
