@@ -191,7 +191,7 @@ def test_dreg_refuses_what_it_cannot_estimate(options, message):
         Config(elbo="iwae-dreg", z_dim=4, data_shape=(20,), **options)
 
 
-def test_dreg_refuses_scaled_sites_and_several_latent_sites():
+def test_dreg_refuses_scaled_sites():
     vae = tiny(elbo="iwae-dreg", particles=3)
     x = torch.rand(4, 20).bernoulli()
     with pytest.raises(ConfigError, match="holds only for an unscaled site"):
@@ -199,22 +199,86 @@ def test_dreg_refuses_scaled_sites_and_several_latent_sites():
     # A KL weight of exactly 1 (what training passes with labels) is no scale.
     build_elbo(vae.run).loss_and_grads(vae.model, vae.guide, x, torch.tensor(1.0))
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            a = pyro.sample("a", dist.Normal(0.0, 1.0))
-            pyro.sample("b", dist.Normal(a, 1.0))
 
-    def guide(x):
-        loc = pyro.param("loc", torch.zeros(()))
-        with pyro.plate("data", x.shape[0]):
-            a = pyro.sample("a", dist.Normal(loc.expand(x.shape[0]), 1.0))
-            pyro.sample("b", dist.Normal(a, 1.0))
+# Two layers, z_2 → z_1 → x, all linear Gaussian, with the bottom-up guide q(z_1|x) q(z_2|z_1):
+# z_2 ~ N(0, 1), z_1 | z_2 ~ N(z_2, 1), x | z_1 ~ N(z_1, 1). The posterior is
+# p(z_1|x) = N(2x/3, 2/3) and p(z_2|z_1, x) = p(z_2|z_1) = N(z_1/2, 1/2), which the guide can
+# be exactly: q(z_1|x) = N(m x, s²), q(z_2|z_1) = N(n z_1, t²).
+POSTERIOR = dict(m=2 / 3, s=math.sqrt(2 / 3), n=0.5, t=math.sqrt(0.5))
 
-    for vectorize in (True, False):
-        with pytest.raises(ConfigError, match="one latent site in the guide, and a second "
-                                              "one, 'b'"):
-            DReGIWAE_ELBO(num_particles=2, vectorize_particles=vectorize,
-                          max_plate_nesting=1).loss_and_grads(model, guide, torch.zeros(3))
+
+def two_layer_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z2 = pyro.sample("z2", dist.Normal(torch.zeros_like(x), 1.0))
+        z1 = pyro.sample("z1", dist.Normal(z2, 1.0))
+        pyro.sample("x", dist.Normal(z1, 1.0), obs=x)
+
+
+def two_layer_guide(x, m, s, n, t):
+    m = pyro.param("m", torch.tensor(m, dtype=torch.float64))
+    log_s = pyro.param("log_s", torch.tensor(math.log(s), dtype=torch.float64))
+    n = pyro.param("n", torch.tensor(n, dtype=torch.float64))
+    log_t = pyro.param("log_t", torch.tensor(math.log(t), dtype=torch.float64))
+    with pyro.plate("data", x.shape[0]):
+        z1 = pyro.sample("z1", dist.Normal(m * x, log_s.exp()))
+        pyro.sample("z2", dist.Normal(n * z1, log_t.exp()))
+
+
+def _two_layer_grad(elbo, x, seed, **guide):
+    """The estimator's gradient of the bound per data point, (d/dm, d/dlog s, d/dn, d/dlog t)."""
+    _, grads = _grads(elbo, two_layer_model, lambda x: two_layer_guide(x, **guide), x,
+                      seed=seed)
+    return -torch.stack([grads[k] for k in ("m", "log_s", "n", "log_t")]) / x.shape[0]
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vectorised", "unvectorised"])
+def test_dreg_with_two_latent_sites_is_zero_at_the_exact_posterior(vectorize):
+    x = torch.linspace(-2, 2, 50, dtype=torch.float64)
+    dreg, iwae = _elbos(5, vectorize)
+    assert _two_layer_grad(dreg, x, 0, **POSTERIOR).abs().max() < 1e-12
+    assert _two_layer_grad(iwae, x, 0, **POSTERIOR).abs().max() > 1e-3
+
+
+def test_dreg_with_two_latent_sites_is_unbiased_for_the_iwae_gradient():
+    # Far from the posterior both estimators estimate ∇ E[bound]: their means over draws agree
+    # within their standard errors, and DReG's spread is smaller.
+    guide = dict(m=0.2, s=1.3, n=-0.4, t=0.6)
+    x = torch.linspace(-2, 2, 20, dtype=torch.float64).repeat(500)  # 10,000 rows
+    dreg, iwae = _elbos(5)
+    d = torch.stack([_two_layer_grad(dreg, x, seed, **guide) for seed in range(20)])
+    i = torch.stack([_two_layer_grad(iwae, x, seed, **guide) for seed in range(20)])
+    error = torch.sqrt(d.var(0) / 20 + i.var(0) / 20)
+    assert ((d.mean(0) - i.mean(0)).abs() < 4 * error + 1e-3).all(), (d.mean(0), i.mean(0))
+    assert (i.mean(0).abs() > 0.05).all()  # every parameter has a gradient to find
+    # Measured: the means agree to 0.003 where the gradients are 0.12 to 0.74; weighting
+    # q's score by w̃ instead of w̃² fails here and at the exact posterior. (The model's own
+    # term, (w̃ − w̃²) log p(x, z̄), has nothing to move in this model: the next test checks it.)
+
+
+def test_dreg_second_pass_gives_the_one_site_estimator_draw_for_draw(monkeypatch):
+    # The several-site form (a second pass at the stopped draws) is the same estimator: on a
+    # one-site model, forced through it, it gives the same gradient as the hooks, draw by draw,
+    # for the decoder, the encoder and the VampPrior's pseudo-inputs and shared encoder.
+    vae = tiny(elbo="iwae-dreg", particles=4, prior="vamp", prior_components=3)
+    x = torch.rand(6, 20).bernoulli()
+    elbo = build_elbo(vae.run)
+    _, fast = _grads(elbo, vae.model, vae.guide, x)
+    original = DReGIWAE_ELBO._get_traces
+
+    def two_sites(self, *args):  # the same traces, with a second (empty) latent site
+        for model_trace, guide_trace in original(self, *args):
+            extra = dict(guide_trace.nodes["z"], name="zero", value=torch.zeros(()),
+                         fn=dist.Delta(torch.zeros(())), log_prob=torch.zeros(()),
+                         scale=1.0, mask=None)
+            guide_trace.nodes["zero"] = extra
+            yield model_trace, guide_trace
+
+    monkeypatch.setattr(DReGIWAE_ELBO, "_get_traces", two_sites)
+    monkeypatch.setattr(dist.Delta, "has_rsample", True)
+    _, slow = _grads(elbo, vae.model, vae.guide, x)
+    assert fast.keys() == slow.keys() and any("prior" in name for name in fast)
+    for name in fast:
+        torch.testing.assert_close(slow[name], fast[name], rtol=1e-4, atol=1e-6)
 
 
 def test_dreg_refuses_a_guide_of_your_own_without_parameters_to_stop():

@@ -44,6 +44,7 @@ from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, RenyiELBO, Trace_ELBO,
                         TraceEnum_ELBO, TraceMeanField_ELBO)
+from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import prune_subsample_sites
 
@@ -157,11 +158,6 @@ class DReGObjective(IWAEObjective):
     needs_gaussian_guide = True
     gaussian_reason = "stops the gradient through q's parameters, which it can"
     fallback = "iwae"
-    one_latent_site = True
-    one_site_reason = ("stops the gradient through each site's q parameters, which for a "
-                       "layer whose guide reads the layer below drops part of the path "
-                       "gradient")
-    layers_fallback = "iwae"
 
     def estimator(self, **kwargs) -> ELBO:
         return DReGIWAE_ELBO(**kwargs)
@@ -182,9 +178,12 @@ class DReGIWAE_ELBO(RenyiELBO):
         ∇_θ = Σ_k w̃_k ∇_θ log w_k                (the model's, as IWAE's),
 
     unbiased for the same gradient of E[bound]; at the exact posterior every w_k is p(x) and
-    the guide's gradient is exactly zero. It is computed in one pass: the surrogate
-    Σ_k w̃_k log w_k (w̃ held constant) with q's density parameters detached, and a gradient
-    hook on each reparameterised sample z_k that multiplies what reaches it by w̃_k.
+    the guide's gradient is exactly zero. For a guide with one latent site it is computed in
+    one pass: the surrogate Σ_k w̃_k log w_k (w̃ held constant) with q's density parameters
+    detached, and a gradient hook on each reparameterised sample z_k that multiplies what
+    reaches it by w̃_k. For several sites, whose parameters depend on the draws before them
+    (a hierarchical guide), a second pass of the model and guide at the stopped draws gives
+    the same estimator (:meth:`_stopped_pass`).
 
     Each guide site must be reparameterised and a (possibly ``Independent``) distribution whose
     parameters can be detached, such as the diagonal Gaussian ``Normal(loc, scale)``; a
@@ -204,32 +203,34 @@ class DReGIWAE_ELBO(RenyiELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−bound, whose gradient is the DReG estimator: a 0-d tensor (nats, summed over the
         batch)."""
-        log_weights, samples = [], []
+        log_weights, surrogates, samples = [], [], []
         for k, (model_trace, guide_trace) in enumerate(self._get_traces(model, guide, args,
                                                                         kwargs)):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            log_w = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    log_w = log_w + torch_sum(site["log_prob"], sum_dims)
-            for name, site in guide_trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
+            sites = [(name, site) for name, site in guide_trace.nodes.items()
+                     if site["type"] == "sample"]
+            for name, site in sites:
                 if not bool(torch.all(torch.as_tensor(site["scale"]) == 1)):
                     raise ConfigError(
                         f"--elbo iwae-dreg weights the samples of site {name!r} by w̃², which "
                         "holds only for an unscaled site (no poutine.scale, KL weight or "
                         "subsampled plate); use --elbo iwae")
-                if len(samples) > k:  # a second latent site in this particle's guide
-                    raise ConfigError(
-                        "--elbo iwae-dreg is written for one latent site in the guide, and a "
-                        f"second one, {name!r}, depends on the first's parameters in ways the "
-                        "estimator stops; use --elbo iwae")
+            log_p = sum(torch_sum(site["log_prob"], sum_dims)
+                        for site in model_trace.nodes.values() if site["type"] == "sample")
+            if len(sites) > 1:  # several latent sites: the second pass at the stopped draws
+                log_weights.append(log_p - sum(torch_sum(site["log_prob"], sum_dims)
+                                               for _, site in sites))
+                surrogates.append(self._stopped_pass(model, guide, guide_trace, sites, args,
+                                                     kwargs))
+                continue
+            log_w = log_p
+            for name, site in sites:
                 log_q = stopped(site["fn"], name).log_prob(site["value"])
                 log_w = log_w - torch_sum(scale_and_mask(log_q, site["scale"], site["mask"]),
                                           sum_dims)
                 samples.append((k, site["value"], site["fn"].event_dim))
             log_weights.append(log_w)
+            surrogates.append(None)
         vectorized = self.vectorize_particles and self.num_particles > 1
         log_w = log_weights[0] if vectorized else torch.stack(log_weights)
         normalised = torch.softmax(log_w.detach(), dim=0)  # w̃: (K, batch) or (K,)
@@ -239,8 +240,56 @@ class DReGIWAE_ELBO(RenyiELBO):
             if value.requires_grad:
                 value.register_hook(lambda grad, weight=weight: grad * weight)
         bound = (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
-        surrogate = (normalised * log_w).sum()
+        surrogate = 0.0
+        for k, (log_w_k, parts) in enumerate(zip(log_weights, surrogates)):
+            weight = normalised if vectorized else normalised[k]
+            if parts is None:  # one site: q's parameters stopped, w̃ applied by the hook
+                surrogate = surrogate + (weight * log_w_k).sum()
+            else:
+                log_p_stopped, log_q_stopped = parts
+                surrogate = surrogate + (weight**2 * (log_w_k + log_q_stopped)
+                                         + (weight - weight**2) * log_p_stopped).sum()
         return -(bound.detach() + surrogate - surrogate.detach())
+
+    def _stopped_pass(self, model, guide, guide_trace, sites, args, kwargs):
+        """For a guide with several latent sites, whose densities' parameters depend on the
+        draws of the sites before (a hierarchical guide: q(z_2|z_1)), stopping the parameters
+        of each site would also stop part of the path gradient. Instead the model and guide run
+        a second time at the draws with their gradient stopped, z̄ = stop(z), which gives the
+        two terms that the path-gradient identity needs (Tucker et al. 2019, eq. 5):
+
+            ∇ log q(z̄)  = ∂log q/∂ψ at fixed z           (q's score),
+            ∇ log p(x, z̄) = ∂log p/∂ψ at fixed z          (the model's own gradient),
+
+        so that, with log w = log p(x, z) − log q(z) of the first pass (every path live),
+
+            ∇ [w̃² (log w + log q(z̄)) + (w̃ − w̃²) log p(x, z̄)]
+              = w̃ ∂log p/∂ψ + w̃² ∂log w/∂z · dz/dψ,
+
+        the DReG gradient for every parameter ψ, the model's, the guide's and those they share
+        (the VampPrior's encoder). Returns (log p(x, z̄), log q(z̄)), summed as log w is. The
+        second pass costs one more forward pass of the model and guide; one-site guides do
+        without it."""
+        for name, site in sites:
+            if not site["fn"].has_rsample:
+                raise ConfigError(f"--elbo iwae-dreg needs a reparameterised guide, and site "
+                                  f"{name!r} ({type(site['fn']).__name__}) is not; use --elbo "
+                                  "iwae")
+        held = guide_trace.copy()
+        for name, _ in sites:
+            held.nodes[name] = dict(held.nodes[name], value=held.nodes[name]["value"].detach())
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        model_fn = self._vectorized_num_particles(model) if vectorized else model
+        guide_fn = self._vectorized_num_particles(guide) if vectorized else guide
+        model_trace, stopped_trace = get_importance_trace(
+            "flat", self.max_plate_nesting, model_fn, poutine.replay(guide_fn, trace=held),
+            args, kwargs)
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        log_p = sum(torch_sum(site["log_prob"], sum_dims)
+                    for site in model_trace.nodes.values() if site["type"] == "sample")
+        log_q = sum(torch_sum(site["log_prob"], sum_dims)
+                    for site in stopped_trace.nodes.values() if site["type"] == "sample")
+        return log_p, log_q
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
