@@ -11,7 +11,7 @@ from pyro_vae import VAE, Config, fit
 from pyro_vae.errors import ConfigError
 from pyro_vae.parts.objectives import build_elbo, jit_unsupported
 from pyro_vae.training.optim import JointOptim
-from pyro_vae.training.step import TrainingStep, autocast, in_bf16
+from pyro_vae.training.step import TrainingStep, autocast, in_bf16, step_arguments
 
 from conftest import cli
 
@@ -126,3 +126,42 @@ def test_cli_precision_is_stored_and_checked(fmnist_npz, tmp_path):
     bad = cli("fit", "--dataset", fmnist_npz, "--precision", "fp16", "--out", tmp_path / "b")
     assert bad.exit_code == 2 and "'fp16' is not one of 'float32', 'bf16'" in bad.output
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("options, regularisers, labelled", [
+    ({"contractive": 0.1}, {"contractive": 0.1}, False),
+    ({"condition": "label"}, {}, True),
+    ({"labelled": 100}, {"classifier_weight": 300.0}, False),  # y summed out by enumeration
+    ({"labelled": 100}, {"classifier_weight": 300.0}, True),  # y observed, α·log q(y|x)
+    ({"likelihood": "negbinomial"}, {}, False),
+], ids=["contractive", "conditional", "m2-unlabelled", "m2-labelled", "counts"])
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_bf16_scores_labels_counts_and_regularisers_as_float32(options, regularisers, labelled,
+                                                               fmnist_small):
+    # The parts that run more than the networks under autocast: the contractive penalty's
+    # Jacobian (torch.func), the label one-hot fed to the networks, the enumerated class of
+    # M2 and its classifier term, a count likelihood's dispersion and library size.
+    pyro.set_rng_seed(0)
+    labels = {"num_classes": 10} if "condition" in options or "labelled" in options else {}
+    config = Config(data_shape=(28, 28), **labels, **options).for_data((28, 28), 1000)
+    vae = VAE.from_config(config).train()
+    x = fmnist_small.train[:128]
+    x = (x * 255).round() if options.get("likelihood") else x.bernoulli()
+    vae.adapt(x)
+    y = fmnist_small.train_labels[:128] if labelled else None
+    args = step_arguments(x, None, y)
+
+    def run(bf16):
+        pyro.set_rng_seed(1)
+        for p in vae.parameters():
+            p.grad = None
+        model, guide = (in_bf16(vae.model), in_bf16(vae.guide)) if bf16 else (vae.model,
+                                                                              vae.guide)
+        loss = build_elbo(config).loss_and_grads(model, guide, *args, **regularisers)
+        return loss / x.shape[0], torch.cat([p.grad.flatten() for p in vae.parameters()
+                                             if p.grad is not None])
+
+    (loss32, g32), (loss16, g16) = run(False), run(True)
+    assert loss16 != loss32
+    assert abs(loss16 - loss32) < 0.1, (loss16, loss32)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
