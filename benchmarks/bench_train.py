@@ -13,6 +13,9 @@ pyro_vae's step is :class:`pyro_vae.training.step.TrainingStep`, exactly what ``
 ``SVI`` with its ELBO of the model and guide, compiled by Pyro's ``JitTrace_ELBO`` (the default
 ``jit``). Both use torch's fused Adam kernel where torch has one for the device, as ``fit``
 does; ``--unfused`` gives both torch's default (a loop of element-wise ops per tensor).
+``--compiler inductor`` compiles pyro_vae's objective with torch.compile instead
+(:class:`pyro_vae.parts.objectives.InductorTrace_ELBO`), ``--compile-plain`` the plain loop's
+loss the same way; the epoch line then counts both compile times.
 """
 
 import argparse
@@ -50,7 +53,8 @@ class PlainVAE(nn.Module):
         return -(log_px + log_pz - log_qz).sum()
 
 
-def make_pair(config: pyro_vae.Config, device: str = "cpu", fused: bool = True):
+def make_pair(config: pyro_vae.Config, device: str = "cpu", fused: bool = True,
+              compile_plain: bool = False):
     """A pyro_vae SVI step and a plain step on twin models with identical initial weights."""
     pyro.set_rng_seed(0)
     vae = pyro_vae.VAE.from_config(config).to(device)
@@ -60,10 +64,11 @@ def make_pair(config: pyro_vae.Config, device: str = "cpu", fused: bool = True):
     step = TrainingStep(vae, JointOptim(torch.optim.Adam, vae, args), config)
     plain = PlainVAE(twin)
     optimizer = torch.optim.Adam(plain.parameters(), **args)
+    plain_loss = torch.compile(plain.loss) if compile_plain else plain.loss
 
     def plain_step(x):
         optimizer.zero_grad()
-        loss = plain.loss(x)
+        loss = plain_loss(x)
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -109,14 +114,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--unfused", action="store_true",
                         help="both sides use torch's default (unfused) Adam")
+    parser.add_argument("--compiler", default="torchscript", choices=["torchscript", "inductor"],
+                        help="what compiles pyro_vae's objective (fit's --compiler)")
+    parser.add_argument("--compile-plain", action="store_true",
+                        help="also compile the plain loop's loss with torch.compile")
     args = parser.parse_args()
+    pair = dict(fused=not args.unfused, compile_plain=args.compile_plain)
 
     data = pyro_vae.load_data(pyro_vae.Config())
     x = binarize(data.train).to(args.device)
     print(f"{'batch':>6} {'pyro_vae img/s':>15} {'plain img/s':>12} {'ratio':>6}")
     for batch_size in args.batch_sizes:
-        config = pyro_vae.Config(batch_size=batch_size).for_data((28, 28), 60000)
-        pyro_step, plain_step = make_pair(config, args.device, fused=not args.unfused)
+        config = pyro_vae.Config(batch_size=batch_size, compiler=args.compiler).for_data(
+            (28, 28), 60000)
+        pyro_step, plain_step = make_pair(config, args.device, **pair)
         batches = list(x[: args.images].split(batch_size))
         for step in (pyro_step, plain_step):  # warm-up: allocator, tracing the objective
             images_per_second(step, batches[:10])
@@ -128,8 +139,8 @@ def main() -> None:
     epoch = list(x.split(128))
     ours, theirs, ratios = [], [], []
     for _ in range(args.epochs):
-        config = pyro_vae.Config(batch_size=128).for_data((28, 28), 60000)
-        pyro_step, plain_step = make_pair(config, args.device, fused=not args.unfused)
+        config = pyro_vae.Config(batch_size=128, compiler=args.compiler).for_data((28, 28), 60000)
+        pyro_step, plain_step = make_pair(config, args.device, **pair)
         first = [True]
 
         def fit_step(batch):

@@ -34,9 +34,11 @@ model and guide, with the same numbers. Each objective is a part registered with
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 
+import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -508,6 +510,119 @@ class TCTrace_ELBO(Trace_ELBO):
         return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
+class InductorTrace_ELBO(Trace_ELBO):
+    """``Trace_ELBO`` compiled without TorchScript: the loss of the model and guide recorded
+    once per batch shape and keywords as a graph of torch operations
+    (``torch.fx.experimental.proxy_tensor.make_fx``), then compiled by ``torch.compile``
+    (TorchInductor) with its backward pass.
+
+    The recording runs Pyro's model and guide as ``Trace_ELBO`` does, so the graph is Pyro's
+    single-sample ELBO (Kingma & Welling 2014, eq. 6) of that model and guide, with every
+    Python step of Pyro's (handlers, traces, site bookkeeping) done once at recording instead
+    of at every step, as Pyro's ``JitTrace_ELBO`` does with ``torch.jit.trace``. Parameters
+    enter the graph by reference, so the optimiser's updates are seen and gradients reach
+    them. Random draws use torch's generator (Inductor's ``fallback_random``), so the loss is
+    ``Trace_ELBO``'s on the same draws to float tolerance (not bit for bit: the compiled
+    kernels sum in another order). Recording and compiling run on a copy of the random state.
+
+    Like ``JitTrace_ELBO`` it needs a model of static structure: every tensor input passed
+    positionally, keywords hashable (one graph per distinct set), every guide site
+    reparameterised, no data-dependent Python control flow; Pyro's validation is off inside
+    the graph. Keyword arguments are ``Trace_ELBO``'s.
+
+    Raises
+    ------
+    ConfigError
+        At the first call, for a guide site that is not reparameterised.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._graphs: dict = {}
+
+    def _negative_elbo(self, model, guide, args, kwargs) -> torch.Tensor:
+        """−ELBO, as Trace_ELBO's, with tensors only (no ``.item()`` to record)."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo = elbo + site["log_prob_sum"]
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample":
+                    if not site["fn"].has_rsample:
+                        raise ConfigError(f"--compiler inductor compiles reparameterised guides, "
+                                          f"and site {name!r} is not; use --no-jit")
+                    elbo = elbo - site["log_prob_sum"]
+            loss = loss - elbo / self.num_particles
+        return loss
+
+    def _graph(self, model, guide, args, kwargs):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        positions = [i for i, a in enumerate(args) if torch.is_tensor(a)]
+
+        def loss(*tensors):
+            full = list(args)
+            for i, t in zip(positions, tensors):
+                full[i] = t
+            return self._negative_elbo(model, guide, tuple(full), kwargs)
+
+        inputs = [args[i] for i in positions]
+        devices = [t.device for t in inputs if t.device.type == "cuda"]
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            with poutine.block(), poutine.trace(param_only=True) as params:
+                loss(*inputs)  # registers every parameter, fixes the plate nesting
+            with poutine.block():
+                graph = make_fx(loss)(*inputs)
+        compiled = torch.compile(graph, options={"fallback_random": True})
+        names = list(params.trace.nodes)
+        quiet = [True]
+
+        def run(*a):
+            for name in names:  # the param sites SVI collects the parameters to step from
+                pyro.param(name)
+            if not quiet:
+                return compiled(*[a[i] for i in positions])
+            # The first call compiles; on a machine without CUDA torch's C++ builder logs a
+            # warning that it found none, which is no news to a CPU run.
+            builder = logging.getLogger("torch.utils.cpp_extension")
+            level = builder.level
+            builder.setLevel(logging.ERROR)
+            try:
+                return compiled(*[a[i] for i in positions])
+            finally:
+                builder.setLevel(level)
+                quiet.clear()
+
+        return run
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """−ELBO summed over the batch (nats), a 0-d tensor whose gradient is Trace_ELBO's."""
+        key = (_identity(model), _identity(guide), tuple(
+            (tuple(a.shape), a.dtype, a.device) if torch.is_tensor(a) else a for a in args),
+            tuple(sorted(kwargs.items())))
+        if key not in self._graphs:
+            self._graphs[key] = self._graph(model, guide, args, kwargs)
+        return self._graphs[key](*args)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
+
+
+def _identity(fn):
+    """What a program is, for caching its graph: a bound method by its object and function
+    (each attribute access makes a new method object), anything else by id."""
+    owner = getattr(fn, "__self__", None)
+    return (id(owner), fn.__func__) if owner is not None else id(fn)
+
+
 def jit_unsupported(config) -> str | None:
     """Why the training objective of ``config`` (a :class:`~pyro_vae.config.Config`) cannot be
     compiled here, or None when it can.
@@ -518,6 +633,8 @@ def jit_unsupported(config) -> str | None:
     bf16 copies as constants). A KL warm-up can: its weight is an argument of the model and
     guide.
     """
+    if getattr(config.train, "compiler", "torchscript") == "inductor":
+        return _inductor_unsupported(config)
     if sys.version_info >= (3, 14):
         return "TorchScript, which Pyro's compiled objectives use, does not support Python 3.14+"
     objective = OBJECTIVES[config.train.elbo]()
@@ -531,6 +648,21 @@ def jit_unsupported(config) -> str | None:
     if config.train.precision != "float32":
         return (f"--precision {config.train.precision} runs under torch.autocast, which "
                 "torch.jit.trace cannot record")
+    return None
+
+
+def _inductor_unsupported(config) -> str | None:
+    """Why ``--compiler inductor`` cannot compile the objective of ``config``, or None."""
+    if config.train.elbo != "trace" or config.train.free_bits:
+        return ("--compiler inductor compiles Trace_ELBO (--elbo trace without --free-bits), "
+                f"not --elbo {config.train.elbo}" + (" --free-bits" if config.train.free_bits
+                                                     else ""))
+    if config.model.semi_supervised:
+        return "--compiler inductor does not compile the enumerated class of --labelled"
+    if config.train.contractive:
+        return "the --contractive penalty's Jacobian (torch.func) is not recorded"
+    if config.train.precision != "float32":
+        return f"--precision {config.train.precision} is not compiled"
     return None
 
 
@@ -559,6 +691,8 @@ def build_elbo(config, jit: bool = False) -> ELBO:
         reason = jit_unsupported(config)
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
+        if getattr(config.train, "compiler", "torchscript") == "inductor":
+            return InductorTrace_ELBO(**kwargs)
         return (objective.compiled_enumerated if enumerated else objective.compiled)(**kwargs)
     if objective.own_beta:
         kwargs["beta"] = config.train.beta
