@@ -738,6 +738,11 @@ class Config:
                 f"--elbo {train.elbo} {objective.one_site_reason}, and --latent-layers "
                 f"{model.latent_layers} has one site per layer; use --elbo "
                 f"{objective.layers_fallback}")
+        if model.latent_layers > 1 and objective.replays_layers and train.corrupt:
+            raise ConfigError(
+                f"--elbo {train.elbo} runs the guide of --latent-layers {model.latent_layers} a "
+                "second time at the same draws, and --corrupt would draw another x̃ there; drop "
+                f"--corrupt or use --elbo {objective.layers_fallback}")
         least, why = objective.min_particles
         if train.particles < least:
             raise ConfigError(f"--elbo {train.elbo} {why}; give --particles K ≥ {least} (e.g. 5) "

