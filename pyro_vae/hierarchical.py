@@ -201,11 +201,17 @@ class HierarchicalVAE(VAE):
         """Location and scale of q(z_L | z_{L−1}) along the guide's mean path from ``seen``
         (K, D): z_1 = the location of q(z_1|u), z_{l+1} = the location of q(z_{l+1}|z_l); two
         (K, d_L). The VampPrior over the top layer mixes these Gaussians."""
-        loc, scale = self._gaussian_of_input(seen)
+        *_, top = self._mean_path(self._gaussian_of_input(seen)[0])  # L ≥ 2: never empty
+        return top
+
+    def _mean_path(self, loc: torch.Tensor):
+        """The guide's upper layers along the mean path from z_1 = ``loc`` (…, d_1): yields
+        the location and scale of q(z_{l+1}|z_l) at z_l = the location below, for l = 1 …
+        L − 1."""
         for layer in self.upward:
             q = layer(loc)
-            loc, scale = q.mean, q.stddev
-        return loc, scale
+            loc = q.mean
+            yield loc, q.stddev
 
     @torch.no_grad()
     def prior_draws(self, sample_shape: tuple[int, ...]) -> torch.Tensor:
@@ -225,10 +231,7 @@ class HierarchicalVAE(VAE):
         the marginal q(z_{l+1}|x), which has no closed form."""
         loc, scale = self.encode(x)
         codes = {"z": (loc, scale)}
-        for site, layer in zip(self.latent_sites[1:], self.upward):
-            q = layer(loc)
-            loc = q.mean
-            codes[site] = (loc, q.stddev)
+        codes.update(zip(self.latent_sites[1:], self._mean_path(loc)))
         return codes
 
     @torch.no_grad()

@@ -56,14 +56,20 @@ def test_compiled_objective_gives_pyros_loss_and_gradients(options, fmnist_small
     # As TrainingStep runs it: the recorded graph interpreted, differentiated by autograd.
     with pyro.validation_enabled(False), torch.jit.optimized_execution(False):
         compiled.differentiable_loss(vae.model_fn, vae.guide_fn, x, num=64, **extra)  # records
-        for seed in (1, 2):
-            loss, grads = _loss_and_grads(vae, eager, x, seed, extra)
-            loss_jit, grads_jit = _loss_and_grads(vae, compiled, x, seed, extra)
-            torch.testing.assert_close(loss_jit, loss, rtol=1e-5, atol=1e-3)
-            for (name, _), g, g_jit in zip(vae.named_parameters(), grads, grads_jit):
-                assert (g is None) == (g_jit is None), name
-                if g is not None:
-                    torch.testing.assert_close(g_jit, g, rtol=1e-4, atol=1e-4, msg=name)
+        _assert_same_losses_and_gradients(vae, eager, compiled, x, extra, tolerance=1e-4)
+
+
+def _assert_same_losses_and_gradients(vae, eager, compiled, x, extra, tolerance):
+    """Both objectives from seeds 1 and 2: the same loss to rounding, every parameter's
+    gradient to ``tolerance`` (relative and absolute), the same parameters reached."""
+    for seed in (1, 2):
+        loss, grads = _loss_and_grads(vae, eager, x, seed, extra)
+        loss_c, grads_c = _loss_and_grads(vae, compiled, x, seed, extra)
+        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-3)
+        for (name, _), g, g_c in zip(vae.named_parameters(), grads, grads_c):
+            assert (g is None) == (g_c is None), name
+            if g is not None:
+                torch.testing.assert_close(g_c, g, rtol=tolerance, atol=tolerance, msg=name)
 
 
 def test_tracing_uses_none_of_the_random_stream(fmnist_small):
@@ -167,14 +173,7 @@ def test_inductor_objective_gives_pyros_loss_and_gradients(options, fmnist_small
     torch.set_rng_state(before)
     eager.differentiable_loss(vae.model_fn, vae.guide_fn, x, num=64, **extra)
     assert torch.equal(torch.get_rng_state(), after) and not torch.equal(after, before)
-    for seed in (1, 2):
-        loss, grads = _loss_and_grads(vae, eager, x, seed, extra)
-        loss_c, grads_c = _loss_and_grads(vae, compiled, x, seed, extra)
-        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-3)
-        for (name, _), g, g_c in zip(vae.named_parameters(), grads, grads_c):
-            assert (g is None) == (g_c is None), name
-            if g is not None:
-                torch.testing.assert_close(g_c, g, rtol=1e-3, atol=1e-3, msg=name)
+    _assert_same_losses_and_gradients(vae, eager, compiled, x, extra, tolerance=1e-3)
     assert len(compiled._graphs) == 1  # one graph for the one batch shape
 
 
@@ -221,3 +220,9 @@ def test_inductor_says_what_it_cannot_compile(options, reason):
     assert reason in jit_unsupported(config)
     with pytest.raises(ConfigError, match="cannot be compiled"):
         build_elbo(config, jit=True)
+
+
+
+def test_unknown_compiler_is_refused():
+    with pytest.raises(ConfigError, match="--compiler must be one of torchscript, inductor"):
+        Config(compiler="tvm")

@@ -222,11 +222,9 @@ class DReGIWAE_ELBO(RenyiELBO):
                         f"--elbo iwae-dreg weights the samples of site {name!r} by w̃², which "
                         "holds only for an unscaled site (no poutine.scale, KL weight or "
                         "subsampled plate); use --elbo iwae")
-            log_p = sum(torch_sum(site["log_prob"], sum_dims)
-                        for site in model_trace.nodes.values() if site["type"] == "sample")
+            log_p = _log_prob_sum(model_trace, sum_dims)
             if len(sites) > 1:  # several latent sites: the second pass at the stopped draws
-                log_weights.append(log_p - sum(torch_sum(site["log_prob"], sum_dims)
-                                               for _, site in sites))
+                log_weights.append(log_p - _log_prob_sum(guide_trace, sum_dims))
                 surrogates.append(self._stopped_pass(model, guide, guide_trace, sites, args,
                                                      kwargs))
                 continue
@@ -294,17 +292,20 @@ class DReGIWAE_ELBO(RenyiELBO):
             "flat", self.max_plate_nesting, model_fn, poutine.replay(guide_fn, trace=held),
             args, kwargs)
         sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_p = sum(torch_sum(site["log_prob"], sum_dims)
-                    for site in model_trace.nodes.values() if site["type"] == "sample")
-        log_q = sum(torch_sum(site["log_prob"], sum_dims)
-                    for site in stopped_trace.nodes.values() if site["type"] == "sample")
-        return log_p, log_q
+        return _log_prob_sum(model_trace, sum_dims), _log_prob_sum(stopped_trace, sum_dims)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:  # no parameter to train: nothing to differentiate
             loss.backward()
         return loss.item()
+
+
+def _log_prob_sum(trace, sum_dims) -> torch.Tensor:
+    """Σ of the sample sites' log densities (scaled and masked, as the trace holds them),
+    summed over every dimension but ``sum_dims``' complement: (K, batch) or (batch,)."""
+    return sum(torch_sum(site["log_prob"], sum_dims) for site in trace.nodes.values()
+               if site["type"] == "sample")
 
 
 def stopped(fn: dist.Distribution, name: str = "z") -> dist.Distribution:
@@ -584,23 +585,11 @@ class InductorTrace_ELBO(Trace_ELBO):
                 graph = make_fx(loss)(*inputs)
         compiled = torch.compile(graph, options={"fallback_random": True})
         names = list(params.trace.nodes)
-        quiet = [True]
 
         def run(*a):
             for name in names:  # the param sites SVI collects the parameters to step from
                 pyro.param(name)
-            if not quiet:
-                return compiled(*[a[i] for i in positions])
-            # The first call compiles; on a machine without CUDA torch's C++ builder logs a
-            # warning that it found none, which is no news to a CPU run.
-            builder = logging.getLogger("torch.utils.cpp_extension")
-            level = builder.level
-            builder.setLevel(logging.ERROR)
-            try:
-                return compiled(*[a[i] for i in positions])
-            finally:
-                builder.setLevel(level)
-                quiet.clear()
+            return compiled(*[a[i] for i in positions])
 
         return run
 
@@ -609,9 +598,18 @@ class InductorTrace_ELBO(Trace_ELBO):
         key = (_identity(model), _identity(guide), tuple(
             (tuple(a.shape), a.dtype, a.device) if torch.is_tensor(a) else a for a in args),
             tuple(sorted(kwargs.items())))
-        if key not in self._graphs:
-            self._graphs[key] = self._graph(model, guide, args, kwargs)
-        return self._graphs[key](*args)
+        if key in self._graphs:
+            return self._graphs[key](*args)
+        self._graphs[key] = self._graph(model, guide, args, kwargs)
+        # The first call compiles; on a machine without CUDA torch's C++ builder logs a
+        # warning that it found none, which is no news to a CPU run.
+        builder = logging.getLogger("torch.utils.cpp_extension")
+        level = builder.level
+        builder.setLevel(logging.ERROR)
+        try:
+            return self._graphs[key](*args)
+        finally:
+            builder.setLevel(level)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -640,7 +638,7 @@ def jit_unsupported(config) -> str | None:
     bf16 copies as constants). A KL warm-up can: its weight is an argument of the model and
     guide.
     """
-    if getattr(config.train, "compiler", "torchscript") == "inductor":
+    if config.train.compiler == "inductor":
         return _inductor_unsupported(config)
     if sys.version_info >= (3, 14):
         return "TorchScript, which Pyro's compiled objectives use, does not support Python 3.14+"
@@ -660,10 +658,11 @@ def jit_unsupported(config) -> str | None:
 
 def _inductor_unsupported(config) -> str | None:
     """Why ``--compiler inductor`` cannot compile the objective of ``config``, or None."""
-    if config.train.elbo != "trace" or config.train.free_bits:
-        return ("--compiler inductor compiles Trace_ELBO (--elbo trace without --free-bits), "
-                f"not --elbo {config.train.elbo}" + (" --free-bits" if config.train.free_bits
-                                                     else ""))
+    if config.train.elbo != "trace":
+        return ("--compiler inductor compiles Trace_ELBO (--elbo trace), not --elbo "
+                f"{config.train.elbo}")
+    if config.train.free_bits:
+        return "--compiler inductor compiles Trace_ELBO, without --free-bits"
     if config.model.semi_supervised:
         return "--compiler inductor does not compile the enumerated class of --labelled"
     if config.train.contractive:
@@ -698,7 +697,7 @@ def build_elbo(config, jit: bool = False) -> ELBO:
         reason = jit_unsupported(config)
         if reason is not None:
             raise ConfigError(f"the objective cannot be compiled: {reason}")
-        if getattr(config.train, "compiler", "torchscript") == "inductor":
+        if config.train.compiler == "inductor":
             return InductorTrace_ELBO(**kwargs)
         return (objective.compiled_enumerated if enumerated else objective.compiled)(**kwargs)
     if objective.own_beta:
