@@ -563,7 +563,8 @@ class TrainConfig:
     device: str = option(str, "auto", "Where parameters and data live.", choices=DEVICES)
     jit: bool | None = option(
         bool, None, "Compile the objective with Pyro's JitTrace_ELBO. Default: whenever the run "
-        "allows it (--elbo trace without --contractive).", flag="jit/--no-jit")
+        "allows it (--elbo trace; --contractive with --compiler inductor only).",
+        flag="jit/--no-jit")
     compiler: str = option(
         str, "torchscript", "What compiles the objective with --jit: torchscript (Pyro's "
         "JitTrace_ELBO, torch.jit.trace) or inductor (the ELBO recorded as a torch.fx graph and "

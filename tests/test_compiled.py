@@ -31,7 +31,8 @@ def _loss_and_grads(vae, elbo, x, seed, extra):
     pyro.set_rng_seed(seed)
     for p in vae.parameters():
         p.grad = None
-    loss = elbo.loss_and_grads(vae.model_fn, vae.guide_fn, x, num=x.shape[0], **extra)
+    args = x if isinstance(x, tuple) else (x,)  # (x) or (x, KL weight, labels)
+    loss = elbo.loss_and_grads(vae.model_fn, vae.guide_fn, *args, num=args[0].shape[0], **extra)
     return torch.tensor(loss), [None if p.grad is None else p.grad.clone()
                                 for p in vae.parameters()]
 
@@ -146,7 +147,8 @@ def test_jit_switch():
 
 # --compiler inductor: the ELBO recorded by make_fx and compiled by torch.compile.
 INDUCTOR_CASES = [{}, {"particles": 3}, {"prior": "vamp", "prior_components": 3},
-                  {"guide": "iaf", "likelihood": "categorical"}, {"corrupt": "mask:0.3"}]
+                  {"guide": "iaf", "likelihood": "categorical"}, {"corrupt": "mask:0.3"},
+                  {"contractive": 0.1}, {"contractive": 0.1, "condition": "label"}]
 
 
 @pytest.mark.parametrize("options", INDUCTOR_CASES,
@@ -156,22 +158,27 @@ def test_inductor_objective_gives_pyros_loss_and_gradients(options, fmnist_small
     # loss to float rounding, its gradients to float tolerance (the kernels sum in another
     # order), and the recording takes nothing from the random stream.
     pyro.set_rng_seed(0)
-    config = Config(z_dim=4, hidden=(32,), data_shape=(28, 28), compiler="inductor", **options)
+    classes = {"num_classes": 10} if "condition" in options else {}
+    config = Config(z_dim=4, hidden=(32,), data_shape=(28, 28), compiler="inductor",
+                    **classes, **options)
     vae = VAE.from_config(config).train()
     extra = regularisers(config)
     x = fmnist_small.train[:64]
     if config.binarization:
         x = x.bernoulli()
+    if classes:  # the conditional VAE's arguments: x, the KL weight, the labels
+        x = (x, torch.ones(()), fmnist_small.train_labels[:64])
+    args = x if classes else (x,)
     eager, compiled = build_elbo(config), build_elbo(config, jit=True)
     assert isinstance(compiled, InductorTrace_ELBO)
     vae.model_fn, vae.guide_fn = vae.model, vae.guide
     before = torch.get_rng_state()
-    compiled.differentiable_loss(vae.model_fn, vae.guide_fn, x, num=64, **extra)  # records
+    compiled.differentiable_loss(vae.model_fn, vae.guide_fn, *args, num=64, **extra)  # records
     after = torch.get_rng_state()
     # Recording and compiling used a copy of the random state: the first call drew what one
     # eager loss draws, no more.
     torch.set_rng_state(before)
-    eager.differentiable_loss(vae.model_fn, vae.guide_fn, x, num=64, **extra)
+    eager.differentiable_loss(vae.model_fn, vae.guide_fn, *args, num=64, **extra)
     assert torch.equal(torch.get_rng_state(), after) and not torch.equal(after, before)
     _assert_same_losses_and_gradients(vae, eager, compiled, x, extra, tolerance=1e-3)
     assert len(compiled._graphs) == 1  # one graph for the one batch shape
@@ -196,11 +203,24 @@ def test_inductor_svi_with_pyros_optimiser_moves_every_parameter(fmnist_small):
     assert losses[-1] < losses[0]
 
 
-def test_inductor_fit_trains_as_the_uncompiled_run(fmnist_small):
-    # Batches of 300 from 2000 images: a graph for 300 and one for the last 200; the run ends
-    # where the uncompiled one does, to float tolerance.
+@pytest.mark.parametrize("options", [{}, {"kl_warmup": 1}, {"contractive": 0.1}],
+                         ids=["default", "kl_warmup=1", "contractive=0.1"])
+def test_inductor_fit_trains_as_the_uncompiled_run(options, fmnist_small, monkeypatch):
+    # Batches of 300 from 2000 images: a graph for 300 and one for the last 200, whatever the
+    # KL weight of the warm-up (an input of the graph) and with the contractive penalty's
+    # Jacobian recorded in it; the run ends where the uncompiled one does, to float tolerance.
+    recorded = []
+    record = InductorTrace_ELBO._graph
+
+    def counting(self, model, guide, args, kwargs):
+        recorded.append(args[0].shape[0])
+        return record(self, model, guide, args, kwargs)
+
+    monkeypatch.setattr(InductorTrace_ELBO, "_graph", counting)
     runs = [fit(data=fmnist_small, epochs=2, batch_size=300, z_dim=4, hidden=(32,),
-                progress=False, jit=jit, compiler="inductor") for jit in (False, True)]
+                progress=False, jit=jit, compiler="inductor", **options)
+            for jit in (False, True)]
+    assert recorded == [300, 200]
     # Adam turns float-rounding differences of near-zero gradients into whole steps, so the
     # weights agree to a few steps' size (lr 1e-3 × 14 steps), not to rounding.
     for (name, p), q in zip(runs[0].model.named_parameters(), runs[1].model.parameters()):
@@ -212,7 +232,6 @@ def test_inductor_fit_trains_as_the_uncompiled_run(fmnist_small):
 @pytest.mark.parametrize("options, reason", [
     ({"elbo": "iwae", "particles": 3}, "compiles Trace_ELBO"),
     ({"free_bits": 0.1}, "--free-bits"),
-    ({"contractive": 0.1}, "is not recorded"),
     ({"precision": "bf16"}, "bf16 is not compiled"),
 ])
 def test_inductor_says_what_it_cannot_compile(options, reason):

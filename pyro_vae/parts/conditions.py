@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -64,8 +63,14 @@ class LabelCondition(Condition):
         self.register_buffer("_logits", torch.zeros(num_classes), persistent=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Labels (…) of int64 → one-hot codes (…, K) of float32, on the module's device."""
-        return F.one_hot(y.to(self._logits.device), self.num_classes).to(self._logits.dtype)
+        """Labels (…) of int64 → one-hot codes (…, K) of float32, on the module's device.
+
+        Written as a comparison with 0…K−1 rather than ``F.one_hot``, whose range check reads
+        the labels' values and so cannot be recorded into a graph (``--compiler inductor``);
+        labels are checked against K when the data are read (:func:`~pyro_vae.io.data.check_labels`).
+        """
+        classes = torch.arange(self.num_classes, device=self._logits.device)
+        return (y.to(classes.device).unsqueeze(-1) == classes).to(self._logits.dtype)
 
     def prior(self) -> dist.Categorical:
         """p(y) = Cat(1/K), batch shape (), on the module's device."""

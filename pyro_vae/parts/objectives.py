@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -602,12 +603,17 @@ class InductorTrace_ELBO(Trace_ELBO):
             return self._graphs[key](*args)
         self._graphs[key] = self._graph(model, guide, args, kwargs)
         # The first call compiles; on a machine without CUDA torch's C++ builder logs a
-        # warning that it found none, which is no news to a CPU run.
+        # warning that it found none, which is no news to a CPU run, and Inductor's own
+        # lowering of some operations (the contractive penalty's) calls a function torch
+        # deprecates.
         builder = logging.getLogger("torch.utils.cpp_extension")
         level = builder.level
         builder.setLevel(logging.ERROR)
         try:
-            return self._graphs[key](*args)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`torch\._prims_common\.check`",
+                                        category=FutureWarning)
+                return self._graphs[key](*args)
         finally:
             builder.setLevel(level)
 
@@ -633,8 +639,9 @@ def jit_unsupported(config) -> str | None:
     compiled here, or None when it can.
 
     Compiling needs TorchScript (Python < 3.14) and a compiled form of the objective (only
-    ``Trace_ELBO`` has one that works); the contractive penalty's ``torch.func`` Jacobian
-    cannot be traced, nor can a step under bf16 autocast (the tracer refuses the weights'
+    ``Trace_ELBO`` has one that works); under TorchScript the contractive penalty's
+    ``torch.func`` Jacobian cannot be traced (``make_fx`` records it: ``--compiler
+    inductor`` compiles it), nor can a step under bf16 autocast (the tracer refuses the weights'
     bf16 copies as constants). A KL warm-up can: its weight is an argument of the model and
     guide.
     """
@@ -649,7 +656,8 @@ def jit_unsupported(config) -> str | None:
     if config.train.free_bits:
         return "--free-bits has no compiled form (Pyro's JitTrace_ELBO is Trace_ELBO's)"
     if config.train.contractive:
-        return "the --contractive penalty's Jacobian (torch.func) cannot be traced"
+        return ("the --contractive penalty's Jacobian (torch.func) cannot be traced by "
+                "TorchScript; --compiler inductor compiles it")
     if config.train.precision != "float32":
         return (f"--precision {config.train.precision} runs under torch.autocast, which "
                 "torch.jit.trace cannot record")
@@ -665,8 +673,6 @@ def _inductor_unsupported(config) -> str | None:
         return "--compiler inductor compiles Trace_ELBO, without --free-bits"
     if config.model.semi_supervised:
         return "--compiler inductor does not compile the enumerated class of --labelled"
-    if config.train.contractive:
-        return "the --contractive penalty's Jacobian (torch.func) is not recorded"
     if config.train.precision != "float32":
         return f"--precision {config.train.precision} is not compiled"
     return None
