@@ -1,7 +1,7 @@
 """pyro_vae's ``fit`` against the VAEs that users would otherwise run, on the same data,
 architecture and batch, alternated, each run in a fresh interpreter.
 
-    uv run python benchmarks/bench_peers.py            # about 7 minutes on 2 CPU cores
+    uv run python benchmarks/bench_peers.py            # about 9 minutes on 2 CPU cores
     uv run python benchmarks/bench_peers.py --pythae /path/to/env/bin/python
 
 The peers:
@@ -18,6 +18,10 @@ The peers:
   is given (``--pythae``; it is never a dependency of pyro_vae): the same 784-400-20 ReLU
   networks, batch 128, Adam 1e-3, on the training images binarised once (pythae's trainer
   cannot redraw them per epoch), against pyro_vae with ``--binarize static``.
+
+pyro_vae runs twice against each peer: with its default compiled objective (Pyro's
+``JitTrace_ELBO``, TorchScript) and with ``--compiler inductor`` (the ELBO recorded by
+``make_fx`` and compiled by ``torch.compile``).
 
 Images per second are over epochs 2 … E of each run (the first epoch includes compiling), by
 the wall time of the whole epoch: for pyro_vae ``train_seconds``, which counts the epoch's
@@ -120,11 +124,14 @@ def run_example(train: torch.Tensor, test_binary: torch.Tensor, epochs: int, jit
     return {"seconds": seconds, "test_neg_elbo": test}
 
 
-def run_pyro_vae(data: pyro_vae.Data, epochs: int, binarize: str) -> dict:
-    """``fit`` with the default model (784-400-20 ReLU) at batch 128."""
+def run_pyro_vae(data: pyro_vae.Data, epochs: int, binarize: str,
+                 compiler: str = "torchscript") -> dict:
+    """``fit`` with the default model (784-400-20 ReLU) at batch 128, its objective compiled
+    by ``compiler`` (``--compiler``)."""
     pyro.clear_param_store()
     _, rows = pyro_vae.fit(data=data, epochs=epochs, batch_size=BATCH, hidden=(HIDDEN,),
-                           z_dim=Z_DIM, lr=LR, binarize=binarize, progress=False)
+                           z_dim=Z_DIM, lr=LR, binarize=binarize, compiler=compiler,
+                           progress=False)
     return {"seconds": [r["train_seconds"] for r in rows],
             "test_neg_elbo": rows[-1]["test_neg_elbo"]}
 
@@ -207,7 +214,10 @@ def images_per_second(result: dict, n: int) -> float:
 
 
 SETUPS = ("Pyro example, Trace_ELBO", "Pyro example, JitTrace_ELBO", "pyro_vae fit",
-          "pythae VAE, static binarisation", "pyro_vae fit --binarize static")
+          "pyro_vae fit --compiler inductor", "pythae VAE, static binarisation",
+          "pyro_vae fit --binarize static", "pyro_vae fit --binarize static --compiler inductor")
+PYTHAE = ("pythae VAE, static binarisation", "pyro_vae fit --binarize static",
+          "pyro_vae fit --binarize static --compiler inductor")
 
 
 def run_setup(name: str, epochs: int, pythae: str | None) -> dict:
@@ -220,7 +230,8 @@ def run_setup(name: str, epochs: int, pythae: str | None) -> dict:
     if name.startswith("pythae"):
         train_static = binarize_rows(data.train_rows, torch.Generator().manual_seed(0)).float()
         return run_pythae(pythae, train_static, test_binary, epochs)
-    return run_pyro_vae(data, epochs, "static" if name.endswith("static") else "dynamic")
+    return run_pyro_vae(data, epochs, "static" if "static" in name else "dynamic",
+                        "inductor" if name.endswith("inductor") else "torchscript")
 
 
 def run_in_child(name: str, epochs: int, pythae: str | None) -> dict:
@@ -246,7 +257,7 @@ def main() -> None:
         print(json.dumps(run_setup(args.setup, args.epochs, args.pythae)))
         return
     n = pyro_vae.io.data.load_data(pyro_vae.Config()).train.shape[0]
-    names = SETUPS if args.pythae else SETUPS[:3]
+    names = SETUPS if args.pythae else [name for name in SETUPS if name not in PYTHAE]
     setups = {name: (lambda name=name: run_in_child(name, args.epochs, args.pythae))
               for name in names}
     results = {name: [] for name in setups}
@@ -266,19 +277,26 @@ def main() -> None:
 
     print(f"\nFashion-MNIST, 784-400-20 ReLU, batch {BATCH}, {args.epochs} epochs, images per "
           f"second over epochs 2-{args.epochs}, median of {args.rounds} rounds\n")
-    print("| run | img/s | test -ELBO | pyro_vae ÷ run (range) |")
-    print("|---|---|---|---|")
+    print("| run | img/s | test -ELBO | pyro_vae (torchscript) ÷ run (range) | "
+          "pyro_vae --compiler inductor ÷ run (range) |")
+    print("|---|---|---|---|---|")
     table = {}
     for name in setups:
+        # Each peer against the pyro_vae runs on its data: pythae's static draw, or the
+        # example's binarisation afresh at every batch.
         ours = "pyro_vae fit --binarize static" if name.startswith("pythae") else "pyro_vae fit"
-        rel = "—" if name.startswith("pyro_vae") else ""
-        if not rel:
-            values = ratios(ours, name)
-            rel = f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+        cells = {}
+        for compiler, mine in (("torchscript", ours), ("inductor", f"{ours} --compiler inductor")):
+            cells[compiler] = "—"
+            if not name.startswith("pyro_vae") and mine in setups:
+                values = ratios(mine, name)
+                cells[compiler] = (f"{statistics.median(values):.2f} "
+                                   f"({min(values):.2f}–{max(values):.2f})")
         test = statistics.median(x["test_neg_elbo"] for x in results[name])
         table[name] = {"images_per_second": median_rate(name), "test_neg_elbo": test,
-                       "ratio": rel}
-        print(f"| {name} | {median_rate(name):,.0f} | {test:.2f} | {rel} |")
+                       "ratio": cells["torchscript"], "ratio_inductor": cells["inductor"]}
+        print(f"| {name} | {median_rate(name):,.0f} | {test:.2f} | {cells['torchscript']} | "
+              f"{cells['inductor']} |")
     if args.out:
         args.out.write_text(json.dumps({"table": table, "rounds": results}, indent=1))
 
