@@ -206,21 +206,29 @@ def test_inductor_svi_with_pyros_optimiser_moves_every_parameter(fmnist_small):
 @pytest.mark.parametrize("options", [{}, {"kl_warmup": 1}, {"contractive": 0.1}],
                          ids=["default", "kl_warmup=1", "contractive=0.1"])
 def test_inductor_fit_trains_as_the_uncompiled_run(options, fmnist_small, monkeypatch):
-    # Batches of 300 from 2000 images: a graph for 300 and one for the last 200, whatever the
-    # KL weight of the warm-up (an input of the graph) and with the contractive penalty's
-    # Jacobian recorded in it; the run ends where the uncompiled one does, to float tolerance.
-    recorded = []
+    # Batches of 300 from 2000 images: one graph, for 300, whatever the KL weight of the
+    # warm-up (an input of the graph) and with the contractive penalty's Jacobian recorded in
+    # it. It runs the 5 middle steps of each epoch; the first (validated) and the last 200
+    # images run uncompiled. The run ends where the uncompiled one does, to float tolerance.
+    recorded, steps = [], []
     record = InductorTrace_ELBO._graph
 
     def counting(self, model, guide, args, kwargs):
         recorded.append(args[0].shape[0])
-        return record(self, model, guide, args, kwargs)
+        graph = record(self, model, guide, args, kwargs)
+
+        def run(*a):
+            steps.append(a[0].shape[0])
+            return graph(*a)
+
+        return run
 
     monkeypatch.setattr(InductorTrace_ELBO, "_graph", counting)
     runs = [fit(data=fmnist_small, epochs=2, batch_size=300, z_dim=4, hidden=(32,),
                 progress=False, jit=jit, compiler="inductor", **options)
             for jit in (False, True)]
-    assert recorded == [300, 200]
+    assert recorded == [300]
+    assert steps == [300] * 11  # the recording's own call, then 2 epochs of 5 steps
     # Adam turns float-rounding differences of near-zero gradients into whole steps, so the
     # weights agree to a few steps' size (lr 1e-3 × 14 steps), not to rounding.
     for (name, p), q in zip(runs[0].model.named_parameters(), runs[1].model.parameters()):

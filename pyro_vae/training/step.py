@@ -38,7 +38,10 @@ class TrainingStep:
     ``jit=True``) where ``config.train.jit`` allows it, and the uncompiled one otherwise. Both
     give the same numbers from the same random stream: Pyro records a new trace for each new
     batch size by running the objective a few times, and that happens here on a copy of the
-    random state, so compiling consumes none of it.
+    random state, so compiling consumes none of it. Under ``--compiler inductor``, whose
+    compiling of a new batch size costs seconds (one Inductor graph per shape), only the run's
+    batch size (``config.train.batch_size``) is compiled: the epoch's last, smaller batch runs
+    the uncompiled objective, one step per epoch.
 
     Parameters
     ----------
@@ -77,6 +80,9 @@ class TrainingStep:
             self._compiled_elbo = build_elbo(config, jit=True)
             self.compiled = SVI(vae.model, vae.guide, optim, self._compiled_elbo)
         self._traced: set[tuple[int, int]] = set()
+        # The one batch size Inductor compiles (None: every size, as TorchScript traces).
+        self._compiled_size = (config.train.batch_size if config.train.compiler == "inductor"
+                               else None)
 
     def __call__(self, batch: torch.Tensor, kl_weight=None, y: torch.Tensor | None = None,
                  validate: bool = False) -> float:
@@ -84,7 +90,9 @@ class TrainingStep:
         with warnings.catch_warnings():
             # A labelled batch has no site to enumerate: TraceEnum_ELBO is Trace_ELBO there.
             warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
-            if validate or self.compiled is None:
+            uncompiled = (self._compiled_size is not None
+                          and batch.shape[0] != self._compiled_size)
+            if validate or self.compiled is None or uncompiled:
                 with pyro.validation_enabled(validate):
                     return self.svi.step(*args, **kwargs)
             # The plain interpreter runs the recorded graph, and autograd differentiates it as
