@@ -25,10 +25,12 @@ Free bits (``--free-bits λ``; Kingma et al. 2016, §C.8 "free bits"): ``trace``
 same estimators with each latent dimension's KL term, averaged over the batch, counted as at
 least λ nats.
 
-Compiled objective: ``build_elbo(config, jit=True)`` gives Pyro's ``JitTrace_ELBO``, which
-traces the model, the guide and the loss once with ``torch.jit.trace`` and then replays the
-recorded graph, without Pyro's per-step Python work. The loss is still Pyro's ELBO of the same
-model and guide, with the same numbers. Each objective is a part registered with
+Compiled objective: ``build_elbo(config, jit=True)`` gives, under ``--compiler torchscript``
+(the default), Pyro's ``JitTrace_ELBO``, which traces the model, the guide and the loss once
+with ``torch.jit.trace`` and then replays the recorded graph, without Pyro's per-step Python
+work; under ``--compiler inductor``, :class:`InductorTrace_ELBO`, which records the same loss
+with ``make_fx`` and compiles it with ``torch.compile``. The loss is still Pyro's ELBO of the
+same model and guide, with the same numbers (to float tolerance under Inductor). Each objective is a part registered with
 :func:`~pyro_vae.registry.register_objective`.
 """
 
@@ -638,8 +640,9 @@ def jit_unsupported(config) -> str | None:
     """Why the training objective of ``config`` (a :class:`~pyro_vae.config.Config`) cannot be
     compiled here, or None when it can.
 
-    Compiling needs TorchScript (Python < 3.14) and a compiled form of the objective (only
-    ``Trace_ELBO`` has one that works); under TorchScript the contractive penalty's
+    Under ``--compiler inductor`` the reasons are :func:`_inductor_unsupported`'s. Under
+    ``--compiler torchscript`` compiling needs TorchScript (Python < 3.14) and a compiled form
+    of the objective (only ``Trace_ELBO`` has one that works); there the contractive penalty's
     ``torch.func`` Jacobian cannot be traced (``make_fx`` records it: ``--compiler
     inductor`` compiles it), nor can a step under bf16 autocast (the tracer refuses the weights'
     bf16 copies as constants). A KL warm-up can: its weight is an argument of the model and
