@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--empty-cache", action="store_true",
                         help="compile into a new, empty TORCHINDUCTOR_CACHE_DIR")
     args = parser.parse_args()
+    if args.empty_cache and (args.batch_sizes or args.epochs):
+        parser.error("--empty-cache times the --run-epochs run from an empty cache: give it with "
+                     "--batch-sizes (none) --epochs 0, so that nothing compiles before")
     if args.empty_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     pair = dict(fused=not args.unfused, compile_plain=args.compile_plain)
@@ -142,7 +145,8 @@ def main() -> None:
         config = pyro_vae.Config(batch_size=batch_size, compiler=args.compiler).for_data(
             (28, 28), 60000)
         pyro_step, plain_step = make_pair(config, args.device, **pair)
-        batches = list(x[: args.images].split(batch_size))
+        # Whole batches only: a smaller last one would run uncompiled under Inductor.
+        batches = list(x[: args.images - args.images % batch_size].split(batch_size))
         for step in (pyro_step, plain_step):  # warm-up: allocator, tracing the objective
             images_per_second(step, batches[:10])
         a, b, ratio = paired(pyro_step, plain_step, batches, args.rounds)
@@ -164,7 +168,8 @@ def main() -> None:
                     else:
                         pyro_step(batch, validate=i == 0)
                     seconds[side] += time.perf_counter() - start
-        cache = ("the process's TorchScript" if args.compiler == "torchscript" and not args.compile_plain
+        cache = ("the process's TorchScript"
+                 if args.compiler == "torchscript" and not args.compile_plain
                  else "an empty Inductor" if args.empty_cache
                  else "the machine's (TORCHINDUCTOR_CACHE_DIR) Inductor")
         print(f"a {args.run_epochs}-epoch run at batch 128 from {cache} compile cache: pyro_vae "
