@@ -2,7 +2,10 @@
 architecture and batch, alternated, each run in a fresh interpreter.
 
     uv run python benchmarks/bench_peers.py            # about 9 minutes on 2 CPU cores
-    uv run python benchmarks/bench_peers.py --pythae /path/to/env/bin/python
+    uv run python benchmarks/bench_peers.py --pythae ENV/bin/python --rounds 10 --out peers.json
+
+where ENV is an environment with pythae, e.g. ``uv venv -p 3.11 ENV && uv pip install -p
+ENV/bin/python pythae==0.1.2 torch``.
 
 The peers:
 
