@@ -133,8 +133,9 @@ def main() -> None:
             baseline_seconds = time.perf_counter() - started
             # With every label both are classifiers trained on the same images: M2 gets the
             # baseline's training length, which its early stopping chose on held-out labels.
-            m2_epochs = args.epochs if count != "all" else (
-                epochs if args.all_epochs == "baseline" else args.all_epochs)
+            m2_epochs = args.epochs
+            if count == "all":
+                m2_epochs = epochs if args.all_epochs == "baseline" else args.all_epochs
             started = time.perf_counter()
             result = pyro_vae.fit(data=data, labelled=count, seed=seed, epochs=m2_epochs,
                                   progress=False)

@@ -30,8 +30,8 @@ Compiled objective: ``build_elbo(config, jit=True)`` gives, under ``--compiler t
 with ``torch.jit.trace`` and then replays the recorded graph, without Pyro's per-step Python
 work; under ``--compiler inductor``, :class:`InductorTrace_ELBO`, which records the same loss
 with ``make_fx`` and compiles it with ``torch.compile``. The loss is still Pyro's ELBO of the
-same model and guide, with the same numbers (to float tolerance under Inductor). Each objective is a part registered with
-:func:`~pyro_vae.registry.register_objective`.
+same model and guide, with the same numbers (to float tolerance under Inductor). Each
+objective is a part registered with :func:`~pyro_vae.registry.register_objective`.
 """
 
 from __future__ import annotations
