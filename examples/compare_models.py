@@ -6,7 +6,8 @@
 Every row has the same 784-400-20 networks (the "wider networks" rows 784-400-400-40), the
 same 10 epochs (``--epochs``) of dynamically binarised Fashion-MNIST at batch 128 with Adam
 1e-3 (the "cosine learning rate" rows, ``--lr-schedule cosine``, run the first epoch at half
-the rate, then anneal it from 1e-3 towards 0 over the others), and the same seed; only the named part changes.
+the rate, then anneal it from 1e-3 towards 0 over the others), and the same seed; only the
+named part changes.
 Columns: test −ELBO (single-sample, all test images); NLL, −log p(x) by importance sampling
 with K = 1000 on the first 2000 test images (Burda et al. 2016), with its standard error over
 images; ΔNLL, the difference to the standard VAE on the same images, with the standard error of
