@@ -8,9 +8,9 @@
 For each number of labels N and seed s, in one process:
 
 - **M2**: ``pyro_vae.fit(labelled=N, seed=s)`` on Fashion-MNIST, every option at its default
-  (784-400-20 ReLU networks, dynamic binarisation, batch 128, Adam 10⁻³, 10 epochs); its test
-  accuracy is that of its classifier q(y|x) after the last epoch (``metrics.csv``), on the
-  10,000 test images binarised as ``fit`` scores them.
+  (with the default ``--arch mlp``, 784-400-20 ReLU networks; dynamic binarisation, batch 128,
+  Adam 10⁻³, 10 epochs); its test accuracy is that of its classifier q(y|x) after the last
+  epoch (``metrics.csv``), on the 10,000 test images binarised as ``fit`` scores them.
 - **Baseline**: the same network as q(y|x) (:meth:`pyro_vae.parts.networks.Network.classifier`
   of the run's architecture, 784-400-10), fresh weights, trained in plain PyTorch with
   cross-entropy and Adam 10⁻³ in batches of up to 128 on the same N labelled images, dynamically
@@ -22,8 +22,8 @@ For each number of labels N and seed s, in one process:
   M2's generative model as a classifier, argmax_y ELBO(x, y), on the first 2000 test images,
   and how often it picks the class that q(y|x) picks.
 
-``--arch conv`` gives both the convolutional networks of ``--arch conv`` (the baseline: its
-encoder and a dense layer to the ten classes) instead of the fully connected ones.
+``--arch conv`` gives M2 and the baseline pyro_vae's convolutional networks instead of the
+fully connected ones (the baseline: the conv encoder and a dense layer to the ten classes).
 
 The labelled images are the same for both: :func:`pyro_vae.io.data.hide_labels` with the
 seed, N/K of each class. ``--labels all`` compares M2 trained with every label against the
@@ -80,17 +80,22 @@ def generative_classifier(vae, x: torch.Tensor, labels: torch.Tensor,
     """What the unlabelled images can teach q(y|x). For an unlabelled image M2's bound is
     Σ_y q(y|x) ELBO(x, y) + H(q(y|x)) (Kingma et al. 2014, eq. 7), whose gradient moves q(y|x)
     towards the classes of high ELBO(x, y): towards the generative model's own classifier,
-    argmax_y p(y) p(x|y), with ELBO(x, y) in place of log p(x|y) (p(y) is uniform).
+    argmax_y [log p(y) + log p(x|y)], with ELBO(x, y) in place of log p(x|y) (p(y) uniform).
 
-    ``x`` (N, 784) binary test images, ``labels`` (N,). Returns the accuracy of argmax_y
-    ELBO(x, y), each ELBO the mean of ``samples`` draws of q(z|x, y), and the share of images
-    on which it picks the class q(y|x) picks. Where the two agree, the unlabelled term has
-    little to teach the classifier that it does not already predict."""
+    ``x`` (N, D) binary test images, ``labels`` (N,), on any device (moved to the model's).
+    Returns the accuracy of argmax_y ELBO(x, y), each ELBO the mean of ``samples`` draws of
+    q(z|x, y) (an estimate: its noise lowers both figures a little), and the share of images on
+    which it picks the class q(y|x) picks. Where the two agree, the unlabelled term has little
+    to teach the classifier that it does not already predict."""
     vae.eval()
+    device = next(vae.parameters()).device
+    x, labels = x.to(device), labels.to(device)
     generative, discriminative = [], []
     for xb in x.split(500):
-        elbos = [importance_terms(vae, xb, samples, None, torch.full(
-            (xb.shape[0],), k, dtype=torch.int64))[0].mean(0) for k in range(vae.num_classes)]
+        with pyro.validation_enabled(False):
+            elbos = [importance_terms(vae, xb, samples, None, torch.full(
+                (xb.shape[0],), k, dtype=torch.int64, device=device))[0].mean(0)
+                for k in range(vae.num_classes)]
         generative.append(torch.stack(elbos, -1).argmax(-1))
         discriminative.append(vae.classify(xb).argmax(-1))
     generative, discriminative = torch.cat(generative), torch.cat(discriminative)
@@ -155,7 +160,8 @@ def main() -> None:
         _print_table(runs, labels)
         return
     data = load_data(Config())
-    config = Config(labelled="all", arch=args.arch).for_data(data.data_shape, data.train_rows.shape[0])
+    config = Config(labelled="all", arch=args.arch)
+    config = config.for_data(data.data_shape, data.train_rows.shape[0])
     arch = config.model.arch.build()
 
     def network():
@@ -182,7 +188,8 @@ def main() -> None:
             generative, agreement = generative_classifier(
                 result.model, test_x, data.test_labels[:GENERATIVE_IMAGES])
             pyro.clear_param_store()
-            run = {"labels": count, "seed": seed, "arch": args.arch, "m2": result.metrics[-1]["test_accuracy"],
+            run = {"labels": count, "seed": seed, "arch": args.arch,
+                   "m2": result.metrics[-1]["test_accuracy"],
                    "m2_test_neg_elbo": result.metrics[-1]["test_neg_elbo"],
                    "m2_epochs": m2_epochs, "m2_seconds": round(m2_seconds),
                    "m2_generative": generative, "m2_agreement": agreement,
@@ -197,20 +204,30 @@ def main() -> None:
 
 
 def _print_table(runs: list[dict], labels: list[str]) -> None:
-    """Mean ± standard deviation over seeds per label count (and network), with the
-    generative classifier's accuracy and agreement where the runs measured them."""
-    groups = list(dict.fromkeys((r["labels"], r.get("arch", "mlp")) for r in runs
-                                if r["labels"] in labels))
-    print("\n| labels | networks | M2 | baseline | M2 − baseline | argmax ELBO(x, y) | "
-          "agrees with q(y|x) | runs |\n|---|---|---|---|---|---|---|---|")
-    for count, arch in groups:
-        mine = [r for r in runs if r["labels"] == count and r.get("arch", "mlp") == arch]
+    """Mean ± standard deviation over seeds per label count, network and M2 epochs (with every
+    label, the epochs vary with the seed), with the generative classifier's accuracy and
+    agreement where the runs measured them (the count of runs measured where not all were)."""
+
+    def key(run: dict) -> tuple:
+        # Runs saved before the script recorded their epochs trained its default then, 10.
+        epochs = "per seed" if run["labels"] == "all" else run.get("m2_epochs", 10)
+        return run["labels"], run.get("arch", "mlp"), epochs
+
+    groups = list(dict.fromkeys(key(r) for r in runs if r["labels"] in labels))
+    print("\n| labels | networks | M2 epochs | M2 | baseline | M2 − baseline | "
+          "argmax ELBO(x, y) | agrees with q(y|x) | runs |\n" + "|---" * 9 + "|")
+    for group in groups:
+        mine = [r for r in runs if key(r) == group]
         m2, base = [r["m2"] for r in mine], [r["baseline"] for r in mine]
         gap = [a - b for a, b in zip(m2, base)]
         measured = [r for r in mine if "m2_generative" in r]
         generative = _spread([r["m2_generative"] for r in measured]) if measured else "—"
         agreement = _spread([r["m2_agreement"] for r in measured]) if measured else "—"
-        print(f"| {count} | {arch} | {_spread(m2)} | {_spread(base)} | "
+        if measured and len(measured) < len(mine):
+            generative += f" ({len(measured)} runs)"
+            agreement += f" ({len(measured)} runs)"
+        count, arch, epochs = group
+        print(f"| {count} | {arch} | {epochs} | {_spread(m2)} | {_spread(base)} | "
               f"{_spread(gap, sign=True)} | {generative} | {agreement} | {len(mine)} |")
 
 
