@@ -20,6 +20,23 @@ from pyro_vae.io.data import DEBIAN_DIRS, load_data
 N_TRAIN, N_TEST = 2000, 500
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sigint_delivered():
+    """The Ctrl-C tests need SIGINT to reach the suite and the fit processes it starts. A
+    suite started in the background of a non-interactive shell (``cmd &``) inherits SIGINT
+    ignored, and fit rightly leaves an ignored signal alone (as under nohup), so those tests
+    would fail for how the suite was started; Python's own handler is put back for the run (a
+    caught signal reverts to its default in a child process, which Python then catches)."""
+    import signal
+
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist() -> Data:
     """The full Fashion-MNIST split, loaded the way `pyro-vae fit` loads it."""
