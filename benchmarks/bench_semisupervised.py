@@ -167,6 +167,9 @@ def main() -> None:
     def network():
         return arch.classifier(data.data_shape, 10)
 
+    # The generative classifier's test images, binarised once as fit scores them.
+    test_x = binarize_fixed(data.test[:GENERATIVE_IMAGES]).float()
+    test_labels = data.test_labels[:GENERATIVE_IMAGES]
     runs = []
     for count in args.labels:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -184,9 +187,7 @@ def main() -> None:
             result = pyro_vae.fit(data=data, labelled=count, seed=seed, epochs=m2_epochs,
                                   arch=args.arch, progress=False)
             m2_seconds = time.perf_counter() - started
-            test_x = binarize_fixed(data.test[:GENERATIVE_IMAGES]).float()
-            generative, agreement = generative_classifier(
-                result.model, test_x, data.test_labels[:GENERATIVE_IMAGES])
+            generative, agreement = generative_classifier(result.model, test_x, test_labels)
             pyro.clear_param_store()
             run = {"labels": count, "seed": seed, "arch": args.arch,
                    "m2": result.metrics[-1]["test_accuracy"],
