@@ -2,7 +2,9 @@
 its sum over classes, every parameter training, class-summed evaluation against a closed form,
 labels kept and hidden, pictures, reload, compiled and resumed runs."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -183,6 +185,30 @@ def test_the_class_summed_nll_matches_the_closed_form_of_a_mixture(mixture):
     # Separated clusters: 30 labels and the unlabelled points classify the test set.
     assert result["accuracy"] > 0.95 and rows[-1]["test_accuracy"] == pytest.approx(
         result["accuracy"], abs=1e-4)
+
+
+def test_the_benchmarks_generative_classifier_is_the_models_bayes_classifier(mixture):
+    # benchmarks/bench_semisupervised.py scores argmax_y ELBO(x, y); for the linear-Gaussian
+    # mixture the exact log p(x | y) is known, so its argmax is the classifier it estimates.
+    spec = importlib.util.spec_from_file_location(
+        "bench_semisupervised", Path(__file__).parents[1] / "benchmarks/bench_semisupervised.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    vae, x, y, _ = mixture
+    weight, bias = vae.decoder.net.weight.detach(), vae.decoder.net.bias.detach()
+    w, b = weight[:, :2], weight[:, 2:]
+    cov = w @ w.T + 0.25 * torch.eye(10)
+    exact = torch.stack([torch.distributions.MultivariateNormal(bias + b[:, k], cov)
+                         .log_prob(x) for k in range(K)], -1).argmax(-1)
+    with torch.no_grad():
+        discriminative = vae.classify(x).argmax(-1)
+    pyro.set_rng_seed(0)
+    accuracy, agreement = bench.generative_classifier(vae, x, y, samples=20)
+    assert accuracy == pytest.approx((exact == y).float().mean().item(), abs=0.01)
+    assert agreement == pytest.approx((exact == discriminative).float().mean().item(), abs=0.01)
+    # And it is a classifier of these points, not of the class order or of one class.
+    shuffled = y[torch.randperm(y.numel(), generator=torch.Generator().manual_seed(0))]
+    assert accuracy > 0.95 > bench.generative_classifier(vae, x, shuffled, samples=20)[0] + 0.4
 
 
 @pytest.fixture(scope="module")
