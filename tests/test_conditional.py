@@ -328,6 +328,58 @@ def test_an_epoch_pairs_every_unlabelled_batch_with_a_labelled_one(fmnist_small,
     assert len(labelled[0]) == 20 and min(labelled[0]) >= 0
 
 
+@pytest.mark.parametrize("passes, at_steps", [(1, [0]), (2, [0, 2]), (3, [0, 1, 3]),
+                                              (5, [0, 1, 2, 3, 4])])
+def test_labelled_passes_spread_the_labelled_batches_over_the_epoch(passes, at_steps,
+                                                                    fmnist_small, monkeypatch):
+    # Pyro's ss_vae_M2.py schedule: the labelled images P times an epoch, one batch every
+    # steps/P unlabelled ones (batch j at step ⌊j·5/P⌋), instead of beside every one of them.
+    from pyro_vae.training import plan
+
+    steps, batches = [], []
+    real_step, real_batch = plan.TrainingPlan._take_step, plan.TrainingPlan._batch
+
+    def spy_step(self, batch, y, epoch, step, steps_per_epoch):
+        steps.append((step, y is not None))
+        return real_step(self, batch, y, epoch, step, steps_per_epoch)
+
+    def spy_batch(self, x, positions, fresh=False):
+        batches.append((fresh, positions.tolist()))
+        return real_batch(self, x, positions, fresh)
+
+    monkeypatch.setattr(plan.TrainingPlan, "_take_step", spy_step)
+    monkeypatch.setattr(plan.TrainingPlan, "_batch", spy_batch)
+    fit(data=fmnist_small, limit=500, labelled=20, batch_size=100, epochs=1, hidden=(16,),
+        z_dim=2, labelled_passes=passes, progress=False)
+    assert [s for s, labelled in steps if labelled] == at_steps
+    assert [s for s, labelled in steps if not labelled] == list(range(5))
+    labelled = [b for b, (_, is_labelled) in zip(batches, steps) if is_labelled]
+    unlabelled = [b for b, (_, is_labelled) in zip(batches, steps) if not is_labelled]
+    rows = [row for _, batch in labelled for row in batch]
+    assert all(len(batch) == 20 for _, batch in labelled)
+    assert len(rows) == 20 * passes and len(set(rows)) == 20  # the 20 labels, P times
+    # Once an epoch, from the epoch's draw; several passes drawn afresh each time round.
+    assert all(fresh == (passes > 1) for fresh, _ in labelled)
+    assert not any(fresh for fresh, _ in unlabelled)
+    assert len({row for _, batch in unlabelled for row in batch} - set(rows)) == 480
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(labelled_passes=1), "give it with --labelled N"),
+    (dict(labelled="all", labelled_passes=1), "--labelled all leaves none"),
+])
+def test_labelled_passes_need_unlabelled_images(options, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**options)
+
+
+def test_labelled_passes_refuse_a_mostly_labelled_set(fmnist_small, tmp_path):
+    with pytest.raises(ConfigError, match="1200 of the 2000 training images are labelled"):
+        fit(data=fmnist_small, labelled=1200, labelled_passes=1, epochs=1, hidden=(16,),
+            z_dim=2, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cycled_labelled_images_are_binarised_afresh_each_time_round(fmnist_small, monkeypatch):
     # Dynamic binarisation draws each image again every time it is shown. The 20 labelled
     # images go round 5 times an epoch: one draw per epoch would show the decoder and the
@@ -637,6 +689,23 @@ def test_a_semi_supervised_run_resumes_exactly_from_a_mid_epoch_checkpoint(fmnis
 
     options = dict(data=fmnist_small, limit=600, labelled=30, batch_size=100, hidden=(32,),
                    z_dim=4, checkpoint_every=3, progress=False)
+    with dies_at_save(monkeypatch, dies_here):
+        fit(out=tmp_path / "run", epochs=3, **options)
+    resumed = fit(resume=tmp_path / "run", epochs=3, data=fmnist_small, progress=False)
+    whole = fit(out=tmp_path / "whole", epochs=3, **options)
+    _same_runs(whole, resumed)
+
+
+def test_a_run_with_spread_labelled_batches_resumes_exactly_mid_epoch(fmnist_small, tmp_path,
+                                                                     monkeypatch):
+    from conftest import dies_at_save
+
+    def dies_here(progress):  # between the epoch's two labelled batches (steps 0 and 3)
+        partial = progress.get("partial")
+        return bool(partial) and partial["epoch"] == 2 and partial["step"] == 2
+
+    options = dict(data=fmnist_small, limit=600, labelled=30, batch_size=100, hidden=(32,),
+                   z_dim=4, checkpoint_every=2, labelled_passes=2, progress=False)
     with dies_at_save(monkeypatch, dies_here):
         fit(out=tmp_path / "run", epochs=3, **options)
     resumed = fit(resume=tmp_path / "run", epochs=3, data=fmnist_small, progress=False)

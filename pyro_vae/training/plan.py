@@ -593,20 +593,24 @@ class TrainingPlan:
         return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
                                                            self.cluster)
 
-    def _orders(self, x, epoch: int) -> tuple[list[tuple[torch.Tensor, int, bool, bool]], int]:
+    def _orders(self, x, epoch: int) -> tuple[list[tuple], int]:
         """Each stream's rows for the epoch in the order its steps take them (this rank's
-        shard), its batch size per rank, whether its batches are labelled and whether it is
-        cycled through more than once; and the number of steps.
+        shard), its batch size per rank, whether its batches are labelled, whether it is
+        cycled through more than once, and at which steps it takes a batch ({step: batch}, or
+        None for a batch every step); and the number of steps.
 
         One stream (every row) is one permutation (:meth:`_order`). The semi-supervised
         model's two streams take a batch each per step: the longer stream is one permutation
         of its rows, the shorter is cycled through alongside it, a fresh permutation each
         pass, as implementations of Kingma et al. (2014) pair labelled and unlabelled
-        minibatches; its batch is the whole stream when that is smaller than --batch-size."""
+        minibatches; its batch is the whole stream when that is smaller than --batch-size.
+        With ``--labelled-passes P`` the labelled stream is P permutations instead, its
+        batches spread evenly over the epoch's steps (batch j at step ⌊j·steps/batches⌋), as
+        Pyro's ss_vae_M2.py interleaves one pass of them (P = 1); at most one a step."""
         if self.streams[0][0] is None:
             order, batch_size = self._order(x, epoch)
-            return [(order, batch_size, self.streams[0][1], False)], math.ceil(order.shape[0] /
-                                                                                batch_size)
+            return [(order, batch_size, self.streams[0][1], False, None)], math.ceil(
+                order.shape[0] / batch_size)
         world = self.cluster.world if self.cluster is not None else 1
         generator = None
         if self.cluster is not None:  # the same orders on every rank
@@ -623,24 +627,31 @@ class TrainingPlan:
         for (rows, labelled), size in zip(self.streams, sizes):
             longest = math.ceil(rows.numel() / size) == steps
             passes = 1 if longest else math.ceil(steps * size / rows.numel())
+            at = None
+            spread = self.config.train.labelled_passes
+            if labelled and spread is not None and math.ceil(spread * rows.numel() / size) < steps:
+                passes, batches = spread, math.ceil(spread * rows.numel() / size)
+                at = {j * steps // batches: j for j in range(batches)}
             order = torch.cat([rows[torch.randperm(rows.numel(), generator=generator).to(
                 rows.device)] for _ in range(passes)])
-            if not longest:
+            if not longest and at is None:
                 order = order[: steps * size]
             if self.cluster is not None:
                 order = distributed.shard(order, self.cluster)
-            orders.append((order, size // world, labelled, not longest))
+            cycled = passes > 1 if at is not None else not longest
+            orders.append((order, size // world, labelled, cycled, at))
         return orders, steps
 
     def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
         """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
         orders, steps = self._orders(x, epoch.number)
-        n = sum(order.shape[0] for order, _, _, _ in orders)
+        n = sum(order.shape[0] for order, *_ in orders)
         self.vae.train()
         if self.partial is not None:  # the permutation is drawn again above; now the later RNG
             checkpoint.restore_rng(self.partial["rng"])
             epoch.step, epoch.total = self.partial["step"], self.partial["total"]
-            done = min(n, sum(epoch.step * size for _, size, _, _ in orders))
+            done = sum(min(order.shape[0], size * (epoch.step if at is None else sum(
+                s < epoch.step for s in at))) for order, size, _, _, at in orders)
             epoch.seen = self.partial.get("seen", done)
             epoch.started -= self.partial["seconds"]  # the stopped process's share
             if self.optim.track_grad_norm and self.partial.get("grad_norm"):
@@ -655,8 +666,11 @@ class TrainingPlan:
                   disable=None if self.progress else True, leave=False, dynamic_ncols=True,
                   initial=done) as bar:
             for step in range(epoch.step, steps):
-                for order, size, labelled, cycled in orders:
-                    positions = order[step * size : (step + 1) * size]
+                for order, size, labelled, cycled, at in orders:
+                    j = step if at is None else at.get(step)
+                    if j is None:  # a labelled stream spread over the epoch, not at this step
+                        continue
+                    positions = order[j * size : (j + 1) * size]
                     if not positions.numel():
                         continue
                     batch = self._batch(x, positions, fresh=cycled)
@@ -989,6 +1003,12 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
             raise ConfigError(f"--labelled {config.data.labelled} keeps the label of every "
                               "training image, so the classifier q(y|x) learns only from the "
                               "classification term; give --classifier-weight > 0")
+        known = int((data.train_labels >= 0).sum())
+        if config.train.labelled_passes is not None and 2 * known >= data.train_labels.numel():
+            raise ConfigError(f"--labelled-passes spreads the labelled images among the more "
+                              f"numerous unlabelled ones, but {known} of the "
+                              f"{data.train_labels.numel()} training images are labelled; "
+                              "drop --labelled-passes or keep fewer labels")
     return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
 
 
