@@ -364,6 +364,47 @@ def test_labelled_passes_spread_the_labelled_batches_over_the_epoch(passes, at_s
     assert len({row for _, batch in unlabelled for row in batch} - set(rows)) == 480
 
 
+@pytest.mark.parametrize("passes", [None, 1, 3])
+def test_two_processes_split_each_steps_labelled_batch_between_them(passes):
+    # Under torchrun every rank draws the same orders and takes every world-th row of them:
+    # at each step the two ranks' batches together are the one process's global batch.
+    from types import SimpleNamespace
+
+    from pyro_vae.training import plan
+    from pyro_vae.training.distributed import Cluster
+
+    config = SimpleNamespace(train=SimpleNamespace(batch_size=100, seed=0,
+                                                   labelled_passes=passes))
+    streams = [(torch.arange(40, 570), False), (torch.arange(40), True)]
+    taken = []
+    for rank in (0, 1):
+        me = SimpleNamespace(streams=streams, config=config, cluster=Cluster(rank, 2, rank))
+        orders, steps = plan.TrainingPlan._orders(me, torch.zeros(570, 1), epoch=2)
+        per_step = []
+        for step in range(steps):
+            row = []
+            for order, size, labelled, _, at in orders:
+                j = step if at is None else at.get(step)
+                row.append(None if j is None else order[j * size:(j + 1) * size].tolist())
+            per_step.append(row)
+        taken.append((steps, per_step))
+    (steps, first), (steps_other, second) = taken
+    assert steps == steps_other == 6
+    labelled_steps, shown = 0, []
+    for a, b in zip(first, second):
+        for mine, theirs in zip(a, b):
+            assert (mine is None) == (theirs is None)
+            if mine is not None:
+                assert len(mine) == len(theirs) and not set(mine) & set(theirs)
+        if a[1] is not None:
+            labelled_steps += 1
+            assert set(a[1]) | set(b[1]) <= set(range(40)) and len(a[1]) == 20
+            shown += a[1] + b[1]
+    assert labelled_steps == {None: 6, 1: 1, 3: 3}[passes]
+    # every labelled image as often as its stream goes round: once a pass
+    assert sorted(shown) == sorted(list(range(40)) * labelled_steps)
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(labelled_passes=1), "give it with --labelled N"),
     (dict(labelled="all", labelled_passes=1), "--labelled all leaves none"),
