@@ -166,6 +166,15 @@ def main() -> None:
         _print_table(runs, labels)
         return
     data = load_data(Config())
+    if args.labelled_passes is not None:  # refused now, not hours in
+        train = data.train_rows.shape[0]
+        for count in args.labels:
+            n = train if count == "all" else int(count)
+            steps = math.ceil((train - n) / 128) if n < train else 0
+            if math.ceil(args.labelled_passes * n / min(128, n)) > steps:
+                parser.error(f"--labelled-passes {args.labelled_passes} does not fit {count} "
+                             f"labels ({steps} unlabelled batches an epoch); give --labels "
+                             "counts it fits")
     config = Config(labelled="all", arch=args.arch)
     config = config.for_data(data.data_shape, data.train_rows.shape[0])
     arch = config.model.arch.build()

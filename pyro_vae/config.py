@@ -520,11 +520,11 @@ class TrainConfig:
         "labelled images (Kingma et al. 2014, eq. 9).", _non_negative,
         metavar="ALPHA")
     labelled_passes: int | None = option(
-        int, None, "--labelled only: step through the labelled images N times an epoch, "
-        "their batches spread evenly among the unlabelled ones, at most one a step (Pyro's "
-        "ss_vae_M2.py: 1). "
-        "Default: a labelled batch beside every unlabelled one, the labelled images cycled "
-        "through as often as that takes.", positive_int, metavar="N")
+        int, None, "--labelled only: step through the labelled images P times an epoch, "
+        "their batches spread evenly among the unlabelled ones, at most one a step (P = 1 is "
+        "the schedule of Pyro's ss_vae_M2.py example). Default: a labelled batch beside every "
+        "unlabelled one, the labelled images cycled through as often as that takes.",
+        positive_int, metavar="P")
     contractive: float = option(float, 0.0, "λ of the contractive penalty λ‖∂f(x)/∂x‖²_F on "
                                 "the encoder.", _non_negative)
     clip_norm: float | None = option(
@@ -821,9 +821,6 @@ class Config:
                 raise ConfigError("--labelled-passes spreads the labelled images of the "
                                   "semi-supervised model; give it with --labelled N")
             return
-        if data.labelled == "all" and train.labelled_passes is not None:
-            raise ConfigError("--labelled-passes spreads the labelled images among the "
-                              "unlabelled ones, and --labelled all leaves none; drop one")
         if not OBJECTIVES[train.elbo].enumerates:
             raise ConfigError(
                 f"--labelled sums the unknown class out exactly (TraceEnum_ELBO), which --elbo "

@@ -4,6 +4,7 @@ labels kept and hidden, pictures, reload, compiled and resumed runs."""
 
 import importlib.util
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -357,7 +358,7 @@ def test_labelled_passes_spread_the_labelled_batches_over_the_epoch(passes, at_s
     unlabelled = [b for b, (_, is_labelled) in zip(batches, steps) if not is_labelled]
     rows = [row for _, batch in labelled for row in batch]
     assert all(len(batch) == 20 for _, batch in labelled)
-    assert len(rows) == 20 * passes and len(set(rows)) == 20  # the 20 labels, P times
+    assert Counter(rows) == {row: passes for row in set(rows)} and len(set(rows)) == 20
     # Once an epoch, from the epoch's draw; several passes drawn afresh each time round.
     assert all(fresh == (passes > 1) for fresh, _ in labelled)
     assert not any(fresh for fresh, _ in unlabelled)
@@ -405,19 +406,12 @@ def test_two_processes_split_each_steps_labelled_batch_between_them(passes):
     assert sorted(shown) == sorted(list(range(40)) * labelled_steps)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(labelled_passes=1), "give it with --labelled N"),
-    (dict(labelled="all", labelled_passes=1), "--labelled all leaves none"),
-])
-def test_labelled_passes_need_unlabelled_images(options, message):
-    with pytest.raises(ConfigError, match=message):
-        Config(**options)
-
-
-def test_labelled_passes_refuse_a_mostly_labelled_set(fmnist_small, tmp_path):
-    with pytest.raises(ConfigError, match="1200 of the 2000 training images are labelled"):
-        fit(data=fmnist_small, labelled=1200, labelled_passes=1, epochs=1, hidden=(16,),
-            z_dim=2, out=tmp_path / "run", progress=False)
+def test_more_labelled_passes_than_steps_are_refused_not_ignored(fmnist_small, tmp_path):
+    # 480 unlabelled images in batches of 100: 5 steps, room for 5 passes of 20 labels.
+    with pytest.raises(ConfigError, match="needs 6 labelled batches an epoch but an epoch has "
+                                          "5 steps; give at most 5"):
+        fit(data=fmnist_small, limit=500, labelled=20, batch_size=100, labelled_passes=6,
+            epochs=1, hidden=(16,), z_dim=2, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -546,9 +540,10 @@ def test_m2_trains_on_partly_labelled_data(fmnist_npz, tmp_path, monkeypatch):
         return found
 
     monkeypatch.setattr(plan.TrainingPlan, "_streams", spy)
-    for labelled, kept in (("all", 1000), (200, 200)):
+    for labelled, kept, extra in (("all", 1000, []), (200, 200, []),
+                                  ("all", 1000, ["--labelled-passes", 1])):
         result = cli("fit", "--dataset", path, "--labelled", labelled, "--epochs", 1, *SMALL,
-                     "--out", tmp_path / str(labelled))
+                     *extra, "--out", tmp_path / f"{labelled}{len(extra)}")
         assert result.exit_code == 0, result.output
         assert "test accuracy" in result.output
         assert streams[-1] == {True: kept, False: 2000 - kept}
@@ -577,6 +572,8 @@ def test_m2_trains_on_partly_labelled_data(fmnist_npz, tmp_path, monkeypatch):
     ("npz", ["--condition", "age"], "not a .csv or .parquet table"),
     ("npz", ["--labelled", 100, "--elbo", "meanfield"], "use --elbo trace"),
     ("npz", ["--classifier-weight", 3], "with --labelled N"),
+    ("npz", ["--labelled-passes", 1], "with --labelled N"),
+    ("npz", ["--labelled", 200, "--labelled-passes", 50], "18 steps; give at most 9"),
     ("balanced", ["--labelled", 200, "--classifier-weight", 0], "keeps the label of every"),
     ("npz", ["--labelled", "many"], "positive number of labels"),
     ("table-missing", ["--condition", "label", "--label-column", "kind"], "missing values"),

@@ -606,7 +606,14 @@ class TrainingPlan:
         minibatches; its batch is the whole stream when that is smaller than --batch-size.
         With ``--labelled-passes P`` the labelled stream is P permutations instead, its
         batches spread evenly over the epoch's steps (batch j at step ⌊j·steps/batches⌋), as
-        Pyro's ss_vae_M2.py interleaves one pass of them (P = 1); at most one a step."""
+        Pyro's ss_vae_M2.py interleaves one pass of them (P = 1); at most one a step, the last
+        holding what is left of the P passes.
+
+        Raises
+        ------
+        ConfigError
+            If ``--labelled-passes`` asks for more labelled batches than the epoch has steps.
+        """
         if self.streams[0][0] is None:
             order, batch_size = self._order(x, epoch)
             return [(order, batch_size, self.streams[0][1], False, None)], math.ceil(
@@ -629,8 +636,14 @@ class TrainingPlan:
             passes = 1 if longest else math.ceil(steps * size / rows.numel())
             at = None
             spread = self.config.train.labelled_passes
-            if labelled and spread is not None and math.ceil(spread * rows.numel() / size) < steps:
+            if labelled and spread is not None:
                 passes, batches = spread, math.ceil(spread * rows.numel() / size)
+                if batches > steps:
+                    raise ConfigError(
+                        f"--labelled-passes {spread} needs {batches} labelled batches an epoch "
+                        f"but an epoch has {steps} steps; give at most "
+                        f"{steps * size // rows.numel()} (or leave it out for a labelled batch "
+                        "every step)")
                 at = {j * steps // batches: j for j in range(batches)}
             order = torch.cat([rows[torch.randperm(rows.numel(), generator=generator).to(
                 rows.device)] for _ in range(passes)])
@@ -643,7 +656,8 @@ class TrainingPlan:
         return orders, steps
 
     def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
-        """One pass of SVI steps over a permutation of x, from where a stopped epoch left off."""
+        """One epoch of SVI steps over the orders of :meth:`_orders`, from where a stopped
+        epoch left off."""
         orders, steps = self._orders(x, epoch.number)
         n = sum(order.shape[0] for order, *_ in orders)
         self.vae.train()
@@ -1003,12 +1017,6 @@ def _data_for(config: Config, data: Data | None) -> tuple[Config, Data]:
             raise ConfigError(f"--labelled {config.data.labelled} keeps the label of every "
                               "training image, so the classifier q(y|x) learns only from the "
                               "classification term; give --classifier-weight > 0")
-        known = int((data.train_labels >= 0).sum())
-        if config.train.labelled_passes is not None and 2 * known >= data.train_labels.numel():
-            raise ConfigError(f"--labelled-passes spreads the labelled images among the more "
-                              f"numerous unlabelled ones, but {known} of the "
-                              f"{data.train_labels.numel()} training images are labelled; "
-                              "drop --labelled-passes or keep fewer labels")
     return config.for_data(data.data_shape, data.train_rows.shape[0]), data  # as decided
 
 
