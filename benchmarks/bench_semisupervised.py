@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 import pyro_vae
 from pyro_vae import Config
+from pyro_vae.config import DEFAULT_BATCH
 from pyro_vae.evaluation.evaluate import importance_terms
 from pyro_vae.io.data import binarize, binarize_fixed, hide_labels, load_data
 
@@ -170,8 +171,8 @@ def main() -> None:
         train = data.train_rows.shape[0]
         for count in args.labels:
             n = train if count == "all" else int(count)
-            steps = math.ceil((train - n) / 128) if n < train else 0
-            if math.ceil(args.labelled_passes * n / min(128, n)) > steps:
+            steps = math.ceil((train - n) / DEFAULT_BATCH) if n < train else 0
+            if math.ceil(args.labelled_passes * n / min(DEFAULT_BATCH, n)) > steps:
                 parser.error(f"--labelled-passes {args.labelled_passes} does not fit {count} "
                              f"labels ({steps} unlabelled batches an epoch); give --labels "
                              "counts it fits")

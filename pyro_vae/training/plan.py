@@ -229,6 +229,16 @@ class RunWriter:
         return self.dir
 
 
+class _Stream(NamedTuple):
+    """One stream of an epoch's batches (:meth:`TrainingPlan._orders`)."""
+
+    order: torch.Tensor  #: its rows in the order its batches take them (this rank's shard)
+    size: int  #: batch size per rank
+    labelled: bool  #: whether its batches carry labels
+    cycled: bool  #: whether a row comes more than once an epoch (binarised afresh each time)
+    at: dict[int, int] | None  #: {step: batch} where it skips steps; None for every step
+
+
 @dataclasses.dataclass
 class _Epoch:
     """Progress through one epoch: steps taken, loss summed, images counted, time."""
@@ -593,11 +603,8 @@ class TrainingPlan:
         return order.to(x.device), distributed.check_batch(self.config.train.batch_size,
                                                            self.cluster)
 
-    def _orders(self, x, epoch: int) -> tuple[list[tuple], int]:
-        """Each stream's rows for the epoch in the order its steps take them (this rank's
-        shard), its batch size per rank, whether its batches are labelled, whether it is
-        cycled through more than once, and at which steps it takes a batch ({step: batch}, or
-        None for a batch every step); and the number of steps.
+    def _orders(self, x, epoch: int) -> tuple[list[_Stream], int]:
+        """The epoch's streams of batches (:class:`_Stream`) and its number of steps.
 
         One stream (every row) is one permutation (:meth:`_order`). The semi-supervised
         model's two streams take a batch each per step: the longer stream is one permutation
@@ -616,7 +623,7 @@ class TrainingPlan:
         """
         if self.streams[0][0] is None:
             order, batch_size = self._order(x, epoch)
-            return [(order, batch_size, self.streams[0][1], False, None)], math.ceil(
+            return [_Stream(order, batch_size, self.streams[0][1], False, None)], math.ceil(
                 order.shape[0] / batch_size)
         world = self.cluster.world if self.cluster is not None else 1
         generator = None
@@ -652,20 +659,20 @@ class TrainingPlan:
             if self.cluster is not None:
                 order = distributed.shard(order, self.cluster)
             cycled = passes > 1 if at is not None else not longest
-            orders.append((order, size // world, labelled, cycled, at))
+            orders.append(_Stream(order, size // world, labelled, cycled, at))
         return orders, steps
 
     def _train_epoch(self, epoch: _Epoch, x: torch.Tensor) -> None:
         """One epoch of SVI steps over the orders of :meth:`_orders`, from where a stopped
         epoch left off."""
         orders, steps = self._orders(x, epoch.number)
-        n = sum(order.shape[0] for order, *_ in orders)
+        n = sum(stream.order.shape[0] for stream in orders)
         self.vae.train()
         if self.partial is not None:  # the permutation is drawn again above; now the later RNG
             checkpoint.restore_rng(self.partial["rng"])
             epoch.step, epoch.total = self.partial["step"], self.partial["total"]
-            done = sum(min(order.shape[0], size * (epoch.step if at is None else sum(
-                s < epoch.step for s in at))) for order, size, _, _, at in orders)
+            done = sum(min(s.order.shape[0], s.size * (epoch.step if s.at is None else sum(
+                step < epoch.step for step in s.at))) for s in orders)
             epoch.seen = self.partial.get("seen", done)
             epoch.started -= self.partial["seconds"]  # the stopped process's share
             if self.optim.track_grad_norm and self.partial.get("grad_norm"):
