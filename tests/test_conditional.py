@@ -368,7 +368,8 @@ def test_labelled_passes_spread_the_labelled_batches_over_the_epoch(passes, at_s
 @pytest.mark.parametrize("passes", [None, 1, 3])
 def test_two_processes_split_each_steps_labelled_batch_between_them(passes):
     # Under torchrun every rank draws the same orders and takes every world-th row of them:
-    # at each step the two ranks' batches together are the one process's global batch.
+    # the two ranks take their labelled batches at the same steps, never the same image at
+    # once, and between them show every labelled image once a pass.
     from types import SimpleNamespace
 
     from pyro_vae.training import plan
